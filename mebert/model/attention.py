@@ -1,0 +1,125 @@
+"""Multi-head scaled dot-product attention with padding and packed-segment masks.
+
+Layout is [batch, length, heads, head_dim] throughout (B, L, N, D in names). Softmax runs in float32
+whatever the compute dtype. Backends:
+  - "xla": explicit einsums; supports attention dropout, any bias; the reference everywhere.
+  - "dot_product": `jax.nn.dot_product_attention` (XLA's fused path).
+  - "cudnn": the same with implementation="cudnn" (GPU, bf16/fp16, no attention dropout).
+  - "splash": Pallas splash attention on TPU (segment ids, no bias or dropout).
+  - "auto": cudnn on GPU and splash on TPU where their limits allow, else xla.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
+
+from mebert.model.config import ModelConfig
+
+
+def segment_mask(segment_ids: jax.Array) -> jax.Array:
+  """[B, 1, L, L] bool: a query attends to keys of its own segment; segment 0 is padding."""
+  same = segment_ids[:, :, None] == segment_ids[:, None, :]
+  return (same & (segment_ids != 0)[:, None, :])[:, None]
+
+
+def apply_rotary(x_BxLxNxD: jax.Array, sin_BxLxR, cos_BxLxR) -> jax.Array:
+  """Rotates pairs (x[2i], x[2i+1]) by the position angle (RoFormer's RoPE)."""
+  x = x_BxLxNxD.astype(jnp.float32)
+  even, odd = x[..., 0::2], x[..., 1::2]
+  sin, cos = sin_BxLxR[:, :, None, :], cos_BxLxR[:, :, None, :]
+  rotated = jnp.stack([even * cos - odd * sin, even * sin + odd * cos], axis=-1)
+  return rotated.reshape(x.shape).astype(x_BxLxNxD.dtype)
+
+
+def _resolve_backend(cfg: ModelConfig, has_bias: bool, dropout_active: bool) -> str:
+  backend = cfg.attention_backend
+  if backend != "auto":
+    return backend
+  platform = jax.devices()[0].platform
+  if platform == "gpu" and cfg.dtype in ("bfloat16", "float16") and not has_bias and not dropout_active:
+    return "cudnn"
+  if platform == "tpu" and not has_bias and not dropout_active:
+    return "splash"
+  return "xla"
+
+
+def xla_attention(q, k, v, mask, bias, dropout_fn, dtype):
+  """The reference: scores in float32, masked with the dtype's minimum, softmax, weighted sum."""
+  scores_BxNxLxL = jnp.einsum("bqnd,bknd->bnqk", q, k, preferred_element_type=jnp.float32)
+  if bias is not None:
+    scores_BxNxLxL = scores_BxNxLxL + bias.astype(jnp.float32)
+  scores_BxNxLxL = jnp.where(mask, scores_BxNxLxL, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(scores_BxNxLxL, axis=-1).astype(dtype)
+  probs = dropout_fn(probs)
+  return jnp.einsum("bnqk,bknd->bqnd", probs, v)
+
+
+def splash_attention(q, k, v, segment_ids):
+  """Pallas splash attention (TPU); interpret mode elsewhere so the path stays testable on CPU."""
+  from jax.experimental.pallas.ops.tpu import splash_attention as sa
+
+  _, length, heads, _ = q.shape
+  block = min(512, length)
+  mask = sa.MultiHeadMask([sa.FullMask((length, length)) for _ in range(heads)])
+  sizes = sa.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block, block_q_dkv=block,
+                        block_kv_dkv=block, block_kv_dkv_compute=block, block_q_dq=block,
+                        block_kv_dq=block)
+  interpret = jax.devices()[0].platform != "tpu"
+  kernel = sa.make_splash_mha_single_device(mask, block_sizes=sizes, interpret=interpret)
+  # Padding is segment 0, so it never attends across to real tokens; kernel wants [N, L, D].
+  seg = sa.SegmentIds(q=segment_ids, kv=segment_ids)
+  to_nld = functools.partial(jnp.swapaxes, axis1=0, axis2=1)
+  out = jax.vmap(lambda qq, kk, vv, s: kernel(to_nld(qq), to_nld(kk), to_nld(vv), segment_ids=s))(
+      q, k, v, seg)
+  return jnp.swapaxes(out, 1, 2)
+
+
+class SelfAttention(nn.Module):
+  """Q, K, V projections and attention; Hugging Face: layer.attention.self.{query,key,value}."""
+
+  config: ModelConfig
+  deterministic: bool = True
+
+  @nn.compact
+  def __call__(self, x_BxLxH, segment_ids, bias=None, rotary=None):
+    cfg = self.config
+    batch, length, _ = x_BxLxH.shape
+
+    def project(name):
+      y = nn.Dense(
+          cfg.hidden_size, use_bias=cfg.use_bias, dtype=cfg.compute_dtype,
+          param_dtype=cfg.storage_dtype, name=name,
+          kernel_init=nn.with_logical_partitioning(
+              nn.initializers.normal(cfg.initializer_range), ("embed", "joined_kv")),
+          bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("joined_kv",)))(
+              x_BxLxH)
+      y = y.reshape(batch, length, cfg.num_heads, cfg.head_dim)
+      return nn.with_logical_constraint(y, ("batch", "length", "heads", "kv"))
+
+    q, k, v = project("query"), project("key"), project("value")
+    if rotary is not None:
+      q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
+    q = q * jnp.asarray(cfg.head_dim ** -0.5, q.dtype)
+
+    dropout_active = not self.deterministic and cfg.attention_dropout_rate > 0
+    backend = _resolve_backend(cfg, bias is not None, dropout_active)
+    if backend != "xla" and (bias is not None or dropout_active) and backend != "dot_product":
+      raise ValueError(f"attention_backend={backend!r} supports neither attention biases nor "
+                       "attention dropout; use 'xla' or set attention_dropout_rate=0")
+    if backend == "splash":
+      out = splash_attention(q, k, v, segment_ids)
+    elif backend in ("dot_product", "cudnn") and not dropout_active:
+      out = jax.nn.dot_product_attention(
+          q, k, v, bias=bias, mask=segment_mask(segment_ids),
+          scale=1.0, implementation="cudnn" if backend == "cudnn" else None)
+    else:
+      dropout = nn.Dropout(cfg.attention_dropout_rate, deterministic=not dropout_active)
+      out = xla_attention(q, k, v, segment_mask(segment_ids), bias, dropout, cfg.compute_dtype)
+    out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
+    out = checkpoint_name(out, "attention_out")
+    return out.reshape(batch, length, cfg.hidden_size)

@@ -1,0 +1,121 @@
+"""The model's hyperparameters, typed and frozen at the module boundary.
+
+Configs (ml_collections) are loose and overridable; modules get this frozen dataclass instead, so a
+typo or a bad value fails once, here, with a message that names the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax.numpy as jnp
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "geglu")
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "save_attention_out")
+ATTENTION_BACKENDS = ("auto", "xla", "dot_product", "cudnn", "splash")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """BERT hyperparameters; defaults are bert-base-uncased, names follow Hugging Face's BertConfig."""
+
+  vocab_size: int = 30522
+  hidden_size: int = 768
+  num_layers: int = 12
+  num_heads: int = 12
+  intermediate_size: int = 3072
+  hidden_act: str = "gelu"  # exact erf GELU, as BERT and Hugging Face use
+  max_position_embeddings: int = 512
+  type_vocab_size: int = 2
+  dropout_rate: float = 0.1  # hidden_dropout_prob
+  attention_dropout_rate: float = 0.1
+  layer_norm_eps: float = 1e-12
+  initializer_range: float = 0.02
+  pad_token_id: int = 0
+  # Encodings: which position encoding (mebert.model.positions registry), segment embeddings, fusion.
+  position_encoding: str = "learned"
+  use_segment_embeddings: bool = True
+  encoding_fusion: str = "sum"  # "sum" (BERT) or "concat" (concatenate, then project to hidden)
+  # Block variant: BERT is post-LN with biases.
+  pre_layer_norm: bool = False
+  use_bias: bool = True
+  # Numerics and memory: compute dtype apart from parameter storage dtype.
+  dtype: str = "float32"
+  param_dtype: str = "float32"
+  scan_layers: bool = False  # one compiled layer body for all layers: faster compiles for deep models
+  remat_policy: str = "none"
+  attention_backend: str = "auto"  # "auto" picks by platform at trace time
+
+  def __post_init__(self):
+    def fail(key, why):
+      raise ValueError(f"model config: {key}={getattr(self, key)!r} {why}")
+
+    for key in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
+                "max_position_embeddings"):
+      if not isinstance(getattr(self, key), int) or getattr(self, key) <= 0:
+        fail(key, "must be a positive integer")
+    if self.hidden_size % self.num_heads:
+      fail("hidden_size", f"is not divisible by num_heads={self.num_heads}")
+    if self.hidden_act not in ACTIVATIONS:
+      fail("hidden_act", f"is not one of {ACTIVATIONS}")
+    if self.dtype not in _DTYPES:
+      fail("dtype", f"is not one of {tuple(_DTYPES)}")
+    if self.param_dtype not in _DTYPES:
+      fail("param_dtype", f"is not one of {tuple(_DTYPES)}")
+    if self.remat_policy not in REMAT_POLICIES:
+      fail("remat_policy", f"is not one of {REMAT_POLICIES}")
+    if self.attention_backend not in ATTENTION_BACKENDS:
+      fail("attention_backend", f"is not one of {ATTENTION_BACKENDS}")
+    if self.encoding_fusion not in ("sum", "concat"):
+      fail("encoding_fusion", "is not one of ('sum', 'concat')")
+    for key in ("dropout_rate", "attention_dropout_rate"):
+      if not 0.0 <= getattr(self, key) < 1.0:
+        fail(key, "must be in [0, 1)")
+    from mebert.model import positions  # local import: positions imports this module
+
+    if self.position_encoding not in positions.REGISTRY:
+      fail("position_encoding", f"is not one of {tuple(sorted(positions.REGISTRY))}")
+
+  @property
+  def head_dim(self) -> int:
+    return self.hidden_size // self.num_heads
+
+  @property
+  def compute_dtype(self) -> Any:
+    return _DTYPES[self.dtype]
+
+  @property
+  def storage_dtype(self) -> Any:
+    return _DTYPES[self.param_dtype]
+
+  def replace(self, **changes) -> "ModelConfig":
+    return dataclasses.replace(self, **changes)
+
+  @classmethod
+  def from_dict(cls, values, *, vocab_size: int | None = None) -> "ModelConfig":
+    """Builds from a ConfigDict/dict; unknown keys are an error that names them."""
+    values = dict(values.to_dict() if hasattr(values, "to_dict") else values)
+    if vocab_size is not None and not values.get("vocab_size"):
+      values["vocab_size"] = vocab_size
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+      raise ValueError(f"model config: unknown key(s) {unknown}; known keys: {sorted(known)}")
+    return cls(**values)
+
+
+def bert_size(name: str) -> dict:
+  """The published BERT sizes (Turc et al. 2019 for the small ones) as ModelConfig keyword args."""
+  sizes = {
+      "tiny": dict(hidden_size=128, num_layers=2, num_heads=2, intermediate_size=512),
+      "mini": dict(hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024),
+      "small": dict(hidden_size=512, num_layers=4, num_heads=8, intermediate_size=2048),
+      "medium": dict(hidden_size=512, num_layers=8, num_heads=8, intermediate_size=2048),
+      "base": dict(hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072),
+      "large": dict(hidden_size=1024, num_layers=24, num_heads=16, intermediate_size=4096),
+  }
+  if name not in sizes:
+    raise ValueError(f"unknown BERT size {name!r}; known: {sorted(sizes)}")
+  return sizes[name]

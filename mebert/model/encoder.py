@@ -1,0 +1,228 @@
+"""The BERT encoder: fused input encodings, a stack of transformer blocks, and the pooler.
+
+Parameter paths mirror Hugging Face's `BertModel` one to one (see mebert.interop for the mapping):
+embeddings/{word_embeddings, position_embeddings, token_type_embeddings, LayerNorm},
+encoder/layer_<i>/{attention/{self,output}, intermediate, output}, pooler/dense. With
+`scan_layers` the layers are one module, encoder/layer, whose parameters gain a leading "layers" axis.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from mebert.model import positions as positions_lib
+from mebert.model.attention import SelfAttention
+from mebert.model.config import ModelConfig
+
+
+def dense(cfg: ModelConfig, features: int, axes: tuple[str, str], name: str) -> nn.Dense:
+  return nn.Dense(
+      features, use_bias=cfg.use_bias, dtype=cfg.compute_dtype, param_dtype=cfg.storage_dtype,
+      name=name,
+      kernel_init=nn.with_logical_partitioning(nn.initializers.normal(cfg.initializer_range), axes),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), axes[1:]))
+
+
+def layer_norm(cfg: ModelConfig, name: str) -> nn.LayerNorm:
+  return nn.LayerNorm(
+      epsilon=cfg.layer_norm_eps, dtype=cfg.compute_dtype, param_dtype=cfg.storage_dtype, name=name,
+      scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("embed",)),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed",)))
+
+
+def activation(name: str):
+  return {"gelu": lambda x: nn.gelu(x, approximate=False),
+          "gelu_tanh": lambda x: nn.gelu(x, approximate=True),
+          "relu": nn.relu}[name]
+
+
+def constrain_hidden(x):
+  return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+
+
+@flax.struct.dataclass
+class EncoderOutputs:
+  sequence_output: jax.Array  # [B, L, H]
+  pooled_output: jax.Array  # [B, H], or [B, S, H] when pooling several packed segments
+  word_embeddings: jax.Array  # [V, H], for the tied MLM decoder
+  hidden_states: tuple[jax.Array, ...] | None = None  # embeddings + every layer, when asked
+
+
+class Embeddings(nn.Module):
+  """Word-piece, segment and position encodings, fused, normalised and dropped out."""
+
+  config: ModelConfig
+  deterministic: bool = True
+
+  @nn.compact
+  def __call__(self, input_ids, token_type_ids, positions, segment_ids):
+    cfg = self.config
+    word = nn.Embed(
+        cfg.vocab_size, cfg.hidden_size, dtype=cfg.compute_dtype, param_dtype=cfg.storage_dtype,
+        embedding_init=nn.with_logical_partitioning(
+            nn.initializers.normal(cfg.initializer_range), ("vocab", "embed")),
+        name="word_embeddings")
+    parts = [word(input_ids)]
+    position = positions_lib.REGISTRY[cfg.position_encoding](cfg, name="position_embeddings")(
+        positions, segment_ids)
+    if position.embedding is not None:
+      parts.append(position.embedding)
+    if cfg.use_segment_embeddings:
+      parts.append(nn.Embed(
+          cfg.type_vocab_size, cfg.hidden_size, dtype=cfg.compute_dtype,
+          param_dtype=cfg.storage_dtype, name="token_type_embeddings",
+          embedding_init=nn.with_logical_partitioning(
+              nn.initializers.normal(cfg.initializer_range), ("type_vocab", "embed")))(
+                  token_type_ids))
+    if cfg.encoding_fusion == "sum":
+      x = sum(parts[1:], parts[0])
+    else:  # concat: each encoding keeps its own subspace until a learned projection mixes them
+      x = dense(cfg, cfg.hidden_size, ("fused_embed", "embed"), "fusion")(
+          jnp.concatenate(parts, axis=-1))
+    x = layer_norm(cfg, "LayerNorm")(x)
+    x = nn.Dropout(cfg.dropout_rate, deterministic=self.deterministic)(x)
+    return constrain_hidden(x), position, word.embedding
+
+
+class Output(nn.Module):
+  """Projection, dropout and residual; post-LN adds the LayerNorm (HF: *.output.{dense,LayerNorm})."""
+
+  config: ModelConfig
+  in_axis: str
+  deterministic: bool = True
+
+  @nn.compact
+  def __call__(self, y, residual):
+    cfg = self.config
+    y = dense(cfg, cfg.hidden_size, (self.in_axis, "embed"), "dense")(y)
+    y = nn.Dropout(cfg.dropout_rate, deterministic=self.deterministic)(y) + residual
+    if not cfg.pre_layer_norm:
+      y = layer_norm(cfg, "LayerNorm")(y)
+    return constrain_hidden(y)
+
+
+class Attention(nn.Module):
+  """Self-attention sub-block (HF: layer.attention.{self, output})."""
+
+  config: ModelConfig
+  deterministic: bool = True
+
+  @nn.compact
+  def __call__(self, x, segment_ids, bias, rotary):
+    cfg = self.config
+    y = layer_norm(cfg, "pre_LayerNorm")(x) if cfg.pre_layer_norm else x
+    y = SelfAttention(cfg, self.deterministic, name="self")(y, segment_ids, bias, rotary)
+    return Output(cfg, "joined_kv", self.deterministic, name="output")(y, x)
+
+
+class Intermediate(nn.Module):
+  """The feed-forward expansion (HF: layer.intermediate.dense); GeGLU gates a second half."""
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x):
+    cfg = self.config
+    y = layer_norm(cfg, "pre_LayerNorm")(x) if cfg.pre_layer_norm else x
+    if cfg.hidden_act == "geglu":
+      gate, up = jnp.split(dense(cfg, 2 * cfg.intermediate_size, ("embed", "mlp"), "dense")(y), 2,
+                           axis=-1)
+      y = nn.gelu(gate, approximate=False) * up
+    else:
+      y = activation(cfg.hidden_act)(dense(cfg, cfg.intermediate_size, ("embed", "mlp"), "dense")(y))
+    return nn.with_logical_constraint(y, ("batch", "length", "mlp"))
+
+
+class Layer(nn.Module):
+  """One transformer block: attention then feed-forward, each with its residual."""
+
+  config: ModelConfig
+  deterministic: bool = True
+
+  @nn.compact
+  def __call__(self, x, segment_ids, bias, rotary):
+    cfg = self.config
+    x = Attention(cfg, self.deterministic, name="attention")(x, segment_ids, bias, rotary)
+    y = Intermediate(cfg, name="intermediate")(x)
+    # Returns (carry, per-step output) so the same module can run under nn.scan.
+    return Output(cfg, "mlp", self.deterministic, name="output")(y, x), None
+
+
+_REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_saveable,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "save_attention_out": jax.checkpoint_policies.save_only_these_names("attention_out"),
+}
+
+
+class Encoder(nn.Module):
+  """The layer stack, unrolled (encoder/layer/<i>) or scanned (encoder/layer, stacked)."""
+
+  config: ModelConfig
+  deterministic: bool = True
+
+  @nn.compact
+  def __call__(self, x, segment_ids, bias, rotary, return_hidden_states: bool = False):
+    cfg = self.config
+    block = Layer
+    if cfg.remat_policy != "none":
+      block = nn.remat(block, policy=_REMAT_POLICIES[cfg.remat_policy], prevent_cse=not cfg.scan_layers)
+    hidden_states = [x]
+    if cfg.scan_layers:
+      stack = nn.scan(
+          block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+          in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=cfg.num_layers,
+          metadata_params={nn.PARTITION_NAME: "layers"})
+      x, _ = stack(cfg, self.deterministic, name="layer")(x, segment_ids, bias, rotary)
+      hidden_states.append(x)  # a scan does not expose the layers in between
+    else:
+      for i in range(cfg.num_layers):
+        x, _ = block(cfg, self.deterministic, name=f"layer_{i}")(x, segment_ids, bias, rotary)
+        hidden_states.append(x)
+    if cfg.pre_layer_norm:
+      x = layer_norm(cfg, "final_LayerNorm")(x)
+      hidden_states[-1] = x
+    return x, tuple(hidden_states) if return_hidden_states else None
+
+
+class Pooler(nn.Module):
+  """tanh(W h_[CLS] + b): the sentence vector NSP and classifiers read (HF: pooler.dense)."""
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BxLxH, cls_positions=None):
+    if cls_positions is None:
+      first = x_BxLxH[:, 0]
+    else:  # packed rows: one [CLS] per segment, [B, S] positions -> [B, S, H]
+      first = jnp.take_along_axis(x_BxLxH, cls_positions[..., None], axis=1)
+    return jnp.tanh(dense(self.config, self.config.hidden_size, ("embed", "embed_out"), "dense")(first))
+
+
+class BertModel(nn.Module):
+  """The encoder: what every task head (pretraining, classification, tagging) sits on."""
+
+  config: ModelConfig
+  deterministic: bool = True
+
+  @nn.compact
+  def __call__(self, input_ids, token_type_ids=None, segment_ids=None, positions=None,
+               cls_positions=None, return_hidden_states: bool = False) -> EncoderOutputs:
+    cfg = self.config
+    if segment_ids is None:
+      segment_ids = (input_ids != cfg.pad_token_id).astype(jnp.int32)
+    if token_type_ids is None:
+      token_type_ids = jnp.zeros_like(input_ids)
+    if positions is None:
+      positions = jnp.broadcast_to(jnp.arange(input_ids.shape[1], dtype=jnp.int32), input_ids.shape)
+    x, position, word_table = Embeddings(cfg, self.deterministic, name="embeddings")(
+        input_ids, token_type_ids, positions, segment_ids)
+    x, hidden_states = Encoder(cfg, self.deterministic, name="encoder")(
+        x, segment_ids, position.attention_bias, position.rotary, return_hidden_states)
+    pooled = Pooler(cfg, name="pooler")(x, cls_positions)
+    return EncoderOutputs(sequence_output=x, pooled_output=pooled, word_embeddings=word_table,
+                          hidden_states=hidden_states)

@@ -1,0 +1,82 @@
+"""BERT for pretraining: the encoder plus the masked-LM and next-sentence heads.
+
+Hugging Face `BertForPreTraining` paths: bert/..., cls/predictions/{transform/{dense, LayerNorm},
+bias} with the decoder tied to bert/embeddings/word_embeddings, and cls/seq_relationship.
+The MLM head runs only at the masked positions it is given (google-research/bert's
+max_predictions_per_seq gather): at 15% masking that skips ~85% of the vocabulary projection.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mebert.model.config import ModelConfig
+from mebert.model.encoder import BertModel, activation, dense, layer_norm
+
+
+def gather_positions(x_BxLxH: jax.Array, positions_BxP: jax.Array) -> jax.Array:
+  return jnp.take_along_axis(x_BxLxH, positions_BxP[..., None].astype(jnp.int32), axis=1)
+
+
+class PredictionHeadTransform(nn.Module):
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x):
+    cfg = self.config
+    act = "gelu" if cfg.hidden_act == "geglu" else cfg.hidden_act
+    x = activation(act)(dense(cfg, cfg.hidden_size, ("embed", "embed_out"), "dense")(x))
+    return layer_norm(cfg, "LayerNorm")(x)
+
+
+class MaskedLMHead(nn.Module):
+  """transform -> tied decoder (x @ word_embeddings.T) + bias; logits in float32."""
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x, word_embeddings_VxH):
+    cfg = self.config
+    x = PredictionHeadTransform(cfg, name="transform")(x)
+    bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), ("vocab",)),
+                      (cfg.vocab_size,), cfg.storage_dtype)
+    logits = jnp.einsum("...h,vh->...v", x, word_embeddings_VxH.astype(cfg.compute_dtype),
+                        preferred_element_type=jnp.float32)
+    return logits + bias.astype(jnp.float32)
+
+
+class BertForPreTraining(nn.Module):
+  """Returns {"mlm_logits": [B, P, V] (or [B, L, V] without positions), "nsp_logits": [B, 2]}."""
+
+  config: ModelConfig
+  deterministic: bool = True
+
+  @nn.compact
+  def __call__(self, input_ids, token_type_ids=None, segment_ids=None, positions=None,
+               masked_lm_positions=None, cls_positions=None):
+    cfg = self.config
+    out = BertModel(cfg, self.deterministic, name="bert")(
+        input_ids, token_type_ids, segment_ids, positions, cls_positions)
+    x = out.sequence_output
+    if masked_lm_positions is not None:
+      x = gather_positions(x, masked_lm_positions)
+    heads = PreTrainingHeads(cfg, name="cls")
+    mlm_logits, nsp_logits = heads(x, out.pooled_output, out.word_embeddings)
+    return {"mlm_logits": mlm_logits, "nsp_logits": nsp_logits}
+
+
+class PreTrainingHeads(nn.Module):
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, masked_hidden, pooled, word_embeddings):
+    cfg = self.config
+    mlm_logits = MaskedLMHead(cfg, name="predictions")(masked_hidden, word_embeddings)
+    nsp_logits = nn.Dense(
+        2, dtype=cfg.compute_dtype, param_dtype=cfg.storage_dtype, name="seq_relationship",
+        kernel_init=nn.with_logical_partitioning(
+            nn.initializers.normal(cfg.initializer_range), ("embed", "classes")),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("classes",)))(pooled)
+    return mlm_logits, nsp_logits.astype(jnp.float32)
