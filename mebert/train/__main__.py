@@ -1,0 +1,52 @@
+"""The one entrypoint: `python -m mebert.train --config=configs/pretrain/tiny.py --workdir=DIR`.
+
+Modes: train (default; resumes from the workdir), eval (restores a checkpoint, prints one JSON line
+of metrics), compile (lowers and compiles the train step for the configured mesh, prints memory
+and FLOPs). Overrides: --config.train.num_steps=100 --config.model.num_layers=2 ...
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and the vocabulary "
+                               "(local path or gs://).")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "compile"], "What to do.")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step for --mode=eval (default: latest).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  del argv
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+  logging.getLogger("absl").setLevel(logging.WARNING)
+  from mebert.train import distributed, trainer  # after flags: jax must not start before parsing
+
+  distributed.initialize_from_environment()
+  config = _CONFIG.value
+  if _MODE.value == "train":
+    metrics = trainer.train_and_evaluate(config, _WORKDIR.value)
+  elif _MODE.value == "eval":
+    metrics = trainer.evaluate_checkpoint(config, _WORKDIR.value, _STEP.value)
+  else:
+    from mebert.train import compile_report
+
+    metrics = compile_report.compile_and_report(config, _WORKDIR.value)
+  print(json.dumps(metrics, sort_keys=True), flush=True)
+
+
+def run():
+  try:
+    app.run(main)
+  except (ValueError, FileNotFoundError, RuntimeError) as e:  # bad input: one line, non-zero exit
+    raise SystemExit(f"error: {e}") from None
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,157 @@
+"""Orbax checkpoints: async saves, exact resume, keep-latest-and-best, damaged-step fallback.
+
+A step directory WORKDIR/checkpoints/<step>/ holds up to four items:
+  params  - the model parameters (all a consumer needs: eval, predict, export, fine-tune init);
+  opt     - step, optimizer state and non-finite counters (training resumes from params + opt);
+  data    - the grain iterator state, one file per process, so the data stream resumes exactly;
+  config  - the resolved config as JSON.
+Imported models (mebert.interop) write params and config only.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import grain
+import orbax.checkpoint as ocp
+from etils import epath
+from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint exists but cannot be used; the message names the step and path."""
+
+
+def checkpoint_dir(workdir: str) -> epath.Path:
+  return epath.Path(workdir) / "checkpoints"
+
+
+def _manager(workdir: str, *, keep: int = 2, best_metric: str | None = None,
+             async_save: bool = True, create: bool = True) -> ocp.CheckpointManager:
+  policies = [pp.LatestN(keep)]
+  if best_metric:
+    # Never the latest-deleting best_fn + max_to_keep: LatestN keeps the resume point, BestN the best.
+    policies.append(pp.BestN(get_metric_fn=lambda m: m[best_metric], reverse=False, n=1,
+                             keep_checkpoints_without_metrics=False))
+  options = ocp.CheckpointManagerOptions(
+      preservation_policy=pp.AnyPreservationPolicy(policies), create=create,
+      enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
+  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
+
+
+class Checkpointer:
+  """Saves and restores training checkpoints for one workdir (every process calls every method)."""
+
+  def __init__(self, workdir: str, *, keep: int = 2, best_metric: str | None = None,
+               async_save: bool = True):
+    self.workdir = workdir
+    self.manager = _manager(workdir, keep=keep, best_metric=best_metric, async_save=async_save)
+
+  def all_steps(self) -> list[int]:
+    return list(self.manager.all_steps())
+
+  def save(self, step: int, state, data_iterator, config_dict: dict, metrics: dict | None = None,
+           force: bool = False) -> bool:
+    items = dict(
+        params=ocp.args.StandardSave(state.params),
+        opt=ocp.args.StandardSave({"step": state.step, "opt_state": state.opt_state,
+                                   "nonfinite_in_row": state.nonfinite_in_row,
+                                   "nonfinite_total": state.nonfinite_total}),
+        config=ocp.args.JsonSave(config_dict))
+    if data_iterator is not None:
+      items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+    try:
+      return self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=force)
+    except (OSError, ValueError) as e:
+      raise CheckpointError(f"could not write checkpoint step {step} to {checkpoint_dir(self.workdir)}: "
+                            f"{type(e).__name__}: {e}") from e
+
+  def restore_latest(self, abstract_state, data_iterator):
+    """Restores the newest readable step into `abstract_state` (which carries the target
+    shardings) and the data iterator; falls back past damaged steps. None when there is nothing."""
+    steps = sorted(self.manager.all_steps(), reverse=True)
+    failures = []
+    for step in steps:
+      try:
+        return step, self._restore(step, abstract_state, data_iterator)
+      except Exception as e:  # noqa: BLE001 - any unreadable step: report it, try the one before
+        path = checkpoint_dir(self.workdir) / str(step)
+        msg = f"checkpoint step {step} at {path} is unreadable ({type(e).__name__}: {str(e)[:300]})"
+        log.warning("%s; trying the previous step", msg)
+        failures.append(msg)
+    if failures:
+      raise CheckpointError("no readable checkpoint in " f"{checkpoint_dir(self.workdir)}: "
+                            + "; ".join(failures))
+    return None
+
+  def _restore(self, step, abstract_state, data_iterator):
+    items = dict(
+        params=ocp.args.StandardRestore(abstract_state.params),
+        opt=ocp.args.StandardRestore({"step": abstract_state.step,
+                                      "opt_state": abstract_state.opt_state,
+                                      "nonfinite_in_row": abstract_state.nonfinite_in_row,
+                                      "nonfinite_total": abstract_state.nonfinite_total}))
+    if data_iterator is not None:
+      items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+    restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+    opt = restored["opt"]
+    return abstract_state.replace(
+        step=opt["step"], params=restored["params"], opt_state=opt["opt_state"],
+        nonfinite_in_row=opt["nonfinite_in_row"], nonfinite_total=opt["nonfinite_total"])
+
+  def wait(self):
+    self.manager.wait_until_finished()
+
+  def close(self):
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+def save_params_checkpoint(workdir: str, params, config_dict: dict, step: int = 0) -> None:
+  """Writes a params-only checkpoint (used by imports and exports of finished models)."""
+  manager = _manager(workdir, keep=1_000_000, async_save=False)
+  manager.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params),
+                                             config=ocp.args.JsonSave(config_dict)), force=True)
+  manager.wait_until_finished()
+  manager.close()
+
+
+def restore_params(workdir: str, step: int | None = None, abstract_params=None):
+  """(params, config_dict) from a workdir's checkpoint, latest by default."""
+  params, config_dict, _ = restore_params_and_step(workdir, step, abstract_params)
+  return params, config_dict
+
+
+def restore_params_and_step(workdir: str, step: int | None = None, abstract_params=None):
+  """(params, config_dict, step) from a workdir's checkpoint, latest readable by default.
+
+  Without `abstract_params` arrays come back as host-local, replicated jax arrays; pass an abstract
+  tree with shardings to restore straight onto a mesh.
+  """
+  directory = checkpoint_dir(workdir)
+  if not directory.exists():
+    raise CheckpointError(f"{workdir} is not a mebert workdir: no {directory}")
+  manager = _manager(workdir, async_save=False, create=False)
+  steps = sorted(manager.all_steps(), reverse=True)
+  if not steps:
+    raise CheckpointError(f"no checkpoint steps in {directory}")
+  if step is not None and step not in steps:
+    raise CheckpointError(f"no checkpoint step {step} in {directory}; available: {sorted(steps)}")
+  candidates = [step] if step is not None else steps
+  failures = []
+  for s in candidates:
+    try:
+      params_args = (ocp.args.StandardRestore(abstract_params) if abstract_params is not None
+                     else ocp.args.StandardRestore())
+      restored = manager.restore(s, args=ocp.args.Composite(params=params_args,
+                                                            config=ocp.args.JsonRestore()))
+      manager.close()
+      return restored["params"], dict(restored["config"]), s
+    except Exception as e:  # noqa: BLE001 - try the previous step, report all
+      failures.append(f"step {s} at {directory / str(s)}: {type(e).__name__}: {str(e)[:300]}")
+      log.warning("unreadable checkpoint %s", failures[-1])
+  manager.close()
+  raise CheckpointError("no readable checkpoint: " + "; ".join(failures))
+

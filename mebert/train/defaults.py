@@ -1,0 +1,69 @@
+"""Every key a pretraining config has, with its default and why. Experiment files in configs/
+start from `pretrain_defaults()` and change what differs; all configs are locked, so a mistyped
+`--config.x=y` fails and names the key."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from ml_collections import config_dict
+
+from mebert.model.config import ModelConfig
+
+
+def model_defaults(**overrides) -> config_dict.ConfigDict:
+  """All ModelConfig fields; vocab_size 0 means "the tokenizer's size"."""
+  values = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
+  values["vocab_size"] = 0
+  values.update(overrides)
+  return config_dict.ConfigDict(values)
+
+
+def pretrain_defaults() -> config_dict.ConfigDict:
+  from mebert.data.pipeline import default_data_config
+
+  c = config_dict.ConfigDict()
+  c.seed = 42  # parameters, dropout and the data stream all derive from it
+  c.model = model_defaults()
+  c.data = default_data_config()
+
+  c.train = config_dict.ConfigDict()
+  c.train.batch_size = 256  # global, over all processes; split over the data and fsdp mesh axes
+  c.train.num_steps = 1_000_000
+  c.train.grad_accum_steps = 1  # micro-batches per update: same update, less activation memory
+  c.train.optimizer = "adamw"  # or "lamb" for very large batches
+  c.train.learning_rate = 1e-4
+  c.train.warmup_steps = 10_000
+  c.train.schedule = "linear"  # linear | cosine | polynomial | constant decay after warmup
+  c.train.end_learning_rate_ratio = 0.0
+  c.train.decay_power = 1.0  # polynomial schedule only
+  c.train.weight_decay = 0.01  # never on LayerNorm parameters or biases
+  c.train.b1 = 0.9
+  c.train.b2 = 0.999
+  c.train.eps = 1e-6
+  c.train.clip_grad_norm = 1.0
+  c.train.log_every = 100
+  c.train.max_nonfinite_in_row = 10  # stop after this many NaN/Inf steps in a row (each skipped)
+  c.train.profile_steps = ""  # "START,STOP": record a jax.profiler trace of those steps
+
+  c.checkpoint = config_dict.ConfigDict()
+  c.checkpoint.every_steps = 1000
+  c.checkpoint.keep = 2  # latest N; the best by eval metric is kept besides
+  c.checkpoint.best_metric = "mlm_accuracy"  # "" = no best checkpoint
+  c.checkpoint.async_save = True
+
+  c.eval = config_dict.ConfigDict()
+  c.eval.every_steps = 1000
+  c.eval.num_batches = 20  # 0 = the whole held-out split
+  c.eval.batch_size = 0  # 0 = train.batch_size
+
+  c.mesh = config_dict.ConfigDict()
+  c.mesh.data = -1
+  c.mesh.fsdp = 1
+  c.mesh.tensor = 1
+  c.mesh.rules = ()  # empty = mebert.parallel.mesh.DEFAULT_RULES
+
+  c.init = config_dict.ConfigDict()
+  c.init.hf = ""  # a Hugging Face BERT folder to start from
+  c.init.checkpoint = ""  # a mebert workdir whose (latest) params to start from
+  return c

@@ -1,0 +1,134 @@
+"""The train state, its sharded initialisation, and the pure pretraining train/eval steps.
+
+`train_step` is one module-level function. The trainer binds its static parts (model, optimizer,
+schedule) with functools.partial and jits it once, with explicit in/out shardings and the state
+donated. Losses are sums divided by whole-batch counts, so gradient accumulation over micro-batches
+gives exactly the full-batch gradient.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+MODEL_INPUTS = ("input_ids", "token_type_ids", "segment_ids", "positions")
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # int32 scalar: optimizer updates applied (skipped non-finite steps count too)
+  params: Any
+  opt_state: Any
+  nonfinite_in_row: jax.Array  # consecutive skipped updates (NaN/Inf loss or gradient)
+  nonfinite_total: jax.Array
+
+
+def init_train_state(rng, model: nn.Module, tx: optax.GradientTransformation,
+                     example_batch: dict) -> TrainState:
+  """Initial state with LogicallyPartitioned boxes (for shardings); unbox before use."""
+  params = model.init(rng, **{k: example_batch[k] for k in MODEL_INPUTS},
+                      masked_lm_positions=example_batch["masked_lm_positions"])["params"]
+  zero = jnp.zeros((), jnp.int32)
+  return TrainState(step=zero, params=params, opt_state=tx.init(params), nonfinite_in_row=zero,
+                    nonfinite_total=zero)
+
+
+def pretraining_sums(params, batch, model: nn.Module, rng, mlm_total, nsp_total):
+  """(loss, sums): loss is this micro-batch's share of the whole-batch mean loss."""
+  out = model.apply({"params": params}, **{k: batch[k] for k in MODEL_INPUTS},
+                    masked_lm_positions=batch["masked_lm_positions"], rngs={"dropout": rng})
+  mlm_logits = out["mlm_logits"]  # [B, P, V] float32
+  weights = batch["masked_lm_weights"].astype(jnp.float32)
+  log_probs = jax.nn.log_softmax(mlm_logits, axis=-1)
+  target = batch["masked_lm_ids"]
+  mlm_ce = -jnp.take_along_axis(log_probs, target[..., None], axis=-1)[..., 0]
+  mlm_correct = (jnp.argmax(mlm_logits, -1) == target).astype(jnp.float32)
+
+  labels = batch["next_sentence_labels"]
+  nsp_weight = (labels >= 0).astype(jnp.float32)  # -1 = no NSP/SOP label in this row
+  nsp_log_probs = jax.nn.log_softmax(out["nsp_logits"], axis=-1)
+  nsp_ce = -jnp.take_along_axis(nsp_log_probs, jnp.maximum(labels, 0)[..., None], axis=-1)[..., 0]
+  nsp_correct = (jnp.argmax(out["nsp_logits"], -1) == labels).astype(jnp.float32)
+
+  sums = {
+      "mlm_loss": jnp.sum(mlm_ce * weights), "mlm_correct": jnp.sum(mlm_correct * weights),
+      "mlm_count": jnp.sum(weights),
+      "nsp_loss": jnp.sum(nsp_ce * nsp_weight), "nsp_correct": jnp.sum(nsp_correct * nsp_weight),
+      "nsp_count": jnp.sum(nsp_weight),
+      "tokens": jnp.asarray(batch["input_ids"].size, jnp.float32),
+      "real_tokens": jnp.sum((batch["segment_ids"] != 0).astype(jnp.float32)),
+  }
+  loss = sums["mlm_loss"] / jnp.maximum(mlm_total, 1.0) + sums["nsp_loss"] / jnp.maximum(nsp_total, 1.0)
+  return loss, sums
+
+
+def train_step(state: TrainState, batch: dict, *, model: nn.Module,
+               tx: optax.GradientTransformation, schedule: Callable, seed: int,
+               grad_accum_steps: int = 1) -> tuple[TrainState, dict]:
+  """One optimizer update on a global batch; returns the new state and metric sums."""
+  rng = jax.random.fold_in(jax.random.key(seed), state.step)
+  mlm_total = jnp.sum(batch["masked_lm_weights"].astype(jnp.float32))
+  nsp_total = jnp.sum((batch["next_sentence_labels"] >= 0).astype(jnp.float32))
+  grad_fn = jax.grad(pretraining_sums, has_aux=True)
+
+  if grad_accum_steps == 1:
+    grads, sums = grad_fn(state.params, batch, model, rng, mlm_total, nsp_total)
+  else:
+    micro = jax.tree.map(
+        lambda x: x.reshape(grad_accum_steps, x.shape[0] // grad_accum_steps, *x.shape[1:]), batch)
+
+    def accumulate(carry, inputs):
+      index, micro_batch = inputs
+      g, s = grad_fn(state.params, micro_batch, model, jax.random.fold_in(rng, index), mlm_total,
+                     nsp_total)
+      return jax.tree.map(jnp.add, carry, (g, s)), None
+
+    zero_sums = jax.eval_shape(lambda: grad_fn(state.params, jax.tree.map(lambda x: x[0], micro),
+                                               model, rng, mlm_total, nsp_total))
+    zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), zero_sums)
+    (grads, sums), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(grad_accum_steps), micro))
+
+  grad_norm = optax.global_norm(grads)
+  loss = sums["mlm_loss"] / jnp.maximum(mlm_total, 1.0) + sums["nsp_loss"] / jnp.maximum(nsp_total, 1.0)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  # A non-finite step leaves parameters and optimizer moments untouched and is counted.
+  keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+  new_state = TrainState(
+      step=state.step + 1, params=keep(params, state.params), opt_state=keep(opt_state, state.opt_state),
+      nonfinite_in_row=jnp.where(finite, 0, state.nonfinite_in_row + 1),
+      nonfinite_total=state.nonfinite_total + (~finite).astype(jnp.int32))
+  metrics = dict(sums, loss=loss, grad_norm=grad_norm, param_norm=optax.global_norm(state.params),
+                 learning_rate=schedule(state.step), nonfinite_in_row=new_state.nonfinite_in_row,
+                 steps=jnp.ones((), jnp.float32))
+  return new_state, metrics
+
+
+def eval_step(params, batch: dict, *, model: nn.Module) -> dict:
+  """Metric sums for one eval batch (deterministic model, no dropout)."""
+  _, sums = pretraining_sums(params, batch, model, jax.random.key(0), jnp.ones(()), jnp.ones(()))
+  return sums
+
+
+def summarize(sums: dict) -> dict:
+  """Turns accumulated sums into means: losses per prediction, accuracies, per-step averages."""
+  steps = float(sums.get("steps", 1.0)) or 1.0
+  out = {}
+  if "mlm_count" in sums:
+    out["mlm_loss"] = float(sums["mlm_loss"]) / max(float(sums["mlm_count"]), 1.0)
+    out["mlm_accuracy"] = float(sums["mlm_correct"]) / max(float(sums["mlm_count"]), 1.0)
+  if float(sums.get("nsp_count", 0.0)) > 0:
+    out["nsp_loss"] = float(sums["nsp_loss"]) / float(sums["nsp_count"])
+    out["nsp_accuracy"] = float(sums["nsp_correct"]) / float(sums["nsp_count"])
+  for key in ("loss", "grad_norm", "param_norm", "learning_rate"):
+    if key in sums:
+      out[key] = float(sums[key]) / steps
+  if "nonfinite_in_row" in sums:
+    out["nonfinite_in_row"] = int(sums["nonfinite_in_row"])
+  return out

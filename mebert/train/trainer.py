@@ -1,0 +1,298 @@
+"""Pretraining: build the sharded state, resume or initialise, run the loop, evaluate, checkpoint.
+
+The loop never waits for the device except at log steps: metrics stay on device as running sums,
+batches go out while the previous step still runs (JAX dispatch is asynchronous), and the
+progress bar, TensorBoard and metrics.jsonl are updated every `train.log_every` steps.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import signal
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+from etils import epath
+
+from mebert.data.pipeline import make_pretraining_iterator
+from mebert.data.tokenizer import ensure_tokenizer
+from mebert.model import positions
+from mebert.model.config import ModelConfig
+from mebert.model.pretraining import BertForPreTraining
+from mebert.parallel import mesh as mesh_lib
+from mebert.train import checkpoints, init_from, optimizer, steps
+from mebert.train.metric_writer import MetricWriter
+
+log = logging.getLogger(__name__)
+
+
+class TrainingStopped(RuntimeError):
+  """The run stopped itself (too many non-finite steps); the last good checkpoint is intact."""
+
+
+class Experiment:
+  """Everything a mode (train, eval, compile) needs: tokenizer, model, mesh, shardings."""
+
+  def __init__(self, config, workdir: str):
+    self.config = config
+    self.workdir = workdir
+    self.tokenizer = ensure_tokenizer(config.data, workdir)
+    self.model_config = ModelConfig.from_dict(config.model, vocab_size=self.tokenizer.vocab_size)
+    if self.model_config.vocab_size < self.tokenizer.vocab_size:
+      raise ValueError(f"model.vocab_size={self.model_config.vocab_size} is smaller than the "
+                       f"tokenizer's {self.tokenizer.vocab_size} tokens")
+    positions.check_length(self.model_config, int(config.data.seq_len))
+    self.mesh = mesh_lib.make_mesh(config.mesh)
+    self.rules = mesh_lib.rules_from_config(config.mesh)
+    self.batch_size = _checked_batch_size("train.batch_size", int(config.train.batch_size),
+                                          self.mesh, int(config.train.grad_accum_steps))
+    self.eval_batch_size = _checked_batch_size(
+        "eval.batch_size", int(config.eval.batch_size or config.train.batch_size), self.mesh, 1)
+    self.tx = optimizer.make_optimizer(config.train)
+    self.schedule = optimizer.learning_rate_schedule(config.train)
+    self.train_model = BertForPreTraining(self.model_config, deterministic=False)
+    self.eval_model = BertForPreTraining(self.model_config, deterministic=True)
+    self.batch_sharding = mesh_lib.batch_sharding(self.mesh)
+    with self.sharding_context():
+      self._init_fn = functools.partial(steps.init_train_state, model=self.eval_model, tx=self.tx,
+                                        example_batch=_example_batch(config.data))
+      boxed = jax.eval_shape(self._init_fn, jax.random.key(0))
+      self.state_shardings = mesh_lib.logical_shardings(boxed, self.mesh, self.rules)
+      self.abstract_state = jax.tree.map(
+          lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), nn.unbox(boxed),
+          self.state_shardings)
+
+  def sharding_context(self):
+    """Mesh plus logical rules: traced model code resolves its logical axis names through it."""
+    return _Contexts(jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules))
+
+  def init_state(self) -> steps.TrainState:
+    with self.sharding_context():
+      init = jax.jit(lambda rng: nn.unbox(self._init_fn(rng)), out_shardings=self.state_shardings)
+      return init(jax.random.key(self.config.seed))
+
+  def data_iterator(self, split: str):
+    batch = self.batch_size if split == "train" else self.eval_batch_size
+    return make_pretraining_iterator(
+        self.config.data, self.tokenizer, split=split, batch_size=batch // jax.process_count(),
+        seed=self.config.seed, process_index=jax.process_index(),
+        process_count=jax.process_count())
+
+  def jitted_train_step(self):
+    step_fn = functools.partial(
+        steps.train_step, model=self.train_model, tx=self.tx, schedule=self.schedule,
+        seed=int(self.config.seed), grad_accum_steps=int(self.config.train.grad_accum_steps))
+    return jax.jit(step_fn, in_shardings=(self.state_shardings, self.batch_sharding),
+                   out_shardings=(self.state_shardings, None), donate_argnums=0)
+
+  def evaluate(self, params) -> dict:
+    """MLM loss/accuracy and NSP accuracy on the held-out documents, plus the accuracy of always
+    predicting the most frequent masked token (the baseline a model must beat)."""
+    num_batches = int(self.config.eval.num_batches)
+    eval_fn = jax.jit(functools.partial(steps.eval_step, model=self.eval_model),
+                      in_shardings=(self.state_shardings.params, self.batch_sharding))
+    totals, target_counts = None, np.zeros(self.model_config.vocab_size, np.int64)
+    iterator = self.data_iterator("eval")
+    with self.sharding_context():
+      for i, batch in enumerate(iterator):
+        if num_batches and i >= num_batches:
+          break
+        ids = batch["masked_lm_ids"][batch["masked_lm_weights"] > 0]
+        target_counts += np.bincount(ids, minlength=target_counts.size)[:target_counts.size]
+        sums = eval_fn(params, mesh_lib.global_batch(_model_batch(batch), self.mesh))
+        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    _close(iterator)
+    if totals is None:
+      raise ValueError("the eval split produced no batch: fewer held-out examples than "
+                       f"eval.batch_size={self.eval_batch_size}; lower it or raise data.eval_fraction")
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+
+      target_counts = np.sum(multihost_utils.process_allgather(target_counts), axis=0)
+    metrics = steps.summarize(jax.device_get(totals))
+    metrics["most_frequent_token_accuracy"] = float(target_counts.max() / max(target_counts.sum(), 1))
+    metrics["most_frequent_token"] = self.tokenizer.id_to_token(int(target_counts.argmax()))
+    metrics["eval_predictions"] = int(target_counts.sum())
+    return metrics
+
+
+class _Contexts:
+  def __init__(self, *contexts):
+    self.contexts = contexts
+
+  def __enter__(self):
+    for c in self.contexts:
+      c.__enter__()
+
+  def __exit__(self, *exc):
+    for c in reversed(self.contexts):
+      c.__exit__(*exc)
+
+
+def _checked_batch_size(key: str, size: int, mesh, accum: int) -> int:
+  dp = mesh_lib.data_parallel_size(mesh)
+  if size <= 0 or size % dp:
+    raise ValueError(f"{key}={size} is not divisible by the data-parallel size {dp} "
+                     f"(mesh.data*mesh.fsdp)")
+  if size % jax.process_count():
+    raise ValueError(f"{key}={size} is not divisible by the {jax.process_count()} processes")
+  if (size // dp) % accum:
+    raise ValueError(f"{key}={size} split over {dp} devices is not divisible by "
+                     f"train.grad_accum_steps={accum}")
+  return size
+
+
+def _example_batch(data_config) -> dict:
+  length, preds = int(data_config.seq_len), int(data_config.max_predictions_per_seq)
+  zeros = lambda *shape: jnp.zeros(shape, jnp.int32)
+  return {"input_ids": zeros(1, length), "token_type_ids": zeros(1, length),
+          "segment_ids": jnp.ones((1, length), jnp.int32), "positions": zeros(1, length),
+          "masked_lm_positions": zeros(1, preds)}
+
+
+_MODEL_BATCH_KEYS = steps.MODEL_INPUTS + ("masked_lm_positions", "masked_lm_ids",
+                                          "masked_lm_weights", "next_sentence_labels")
+
+
+def _model_batch(batch: dict) -> dict:
+  """The arrays the step reads (bookkeeping such as example_ids stays on the host)."""
+  return {k: batch[k] for k in _MODEL_BATCH_KEYS}
+
+
+def _close(iterator) -> None:
+  close = getattr(iterator, "close", None)
+  if close is not None:
+    close()
+
+
+class _StopSignal:
+  """SIGTERM/SIGINT set a flag; the loop saves a checkpoint at the current step and exits."""
+
+  def __init__(self):
+    self.received = None
+    self._previous = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    self.received = signal.Signals(signum).name
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+def write_json(workdir: str, name: str, record: dict) -> None:
+  if jax.process_index() == 0:
+    path = epath.Path(workdir)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / name).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Pretrains to config.train.num_steps, resuming from the workdir; returns the final eval."""
+  exp = Experiment(config, workdir)
+  train_cfg = config.train
+  write_json(workdir, "config.json", config.to_dict())
+  writer = MetricWriter(workdir)
+  ckpt = checkpoints.Checkpointer(workdir, keep=int(config.checkpoint.keep),
+                                  best_metric=config.checkpoint.best_metric or None,
+                                  async_save=bool(config.checkpoint.async_save))
+  train_iter = exp.data_iterator("train")
+  restored = ckpt.restore_latest(exp.abstract_state, train_iter)
+  if restored is not None:
+    start_step, state = restored
+    log.info("resumed from checkpoint step %d in %s", start_step, workdir)
+  else:
+    start_step, state = 0, exp.init_state()
+    state = init_from.maybe_initialize(state, config, exp)
+  train_step = exp.jitted_train_step()
+  num_steps = int(train_cfg.num_steps)
+  log_every, eval_every = int(train_cfg.log_every), int(config.eval.every_steps)
+  save_every = int(config.checkpoint.every_steps)
+  profile = [int(s) for s in str(train_cfg.profile_steps).split(",") if s.strip()]
+  config_dict = config.to_dict()
+
+  progress = tqdm.tqdm(total=num_steps, initial=start_step, desc="pretrain", unit="step",
+                       disable=jax.process_index() != 0, dynamic_ncols=True)
+  sums, last_log_time, last_log_step = None, time.perf_counter(), start_step
+  step = start_step
+  with exp.sharding_context(), _StopSignal() as stop:
+    while step < num_steps:
+      if profile and step == profile[0]:
+        jax.profiler.start_trace(str(epath.Path(workdir) / "profile"))
+      batch = next(train_iter)
+      with jax.profiler.StepTraceAnnotation("train", step_num=step):
+        state, metrics = train_step(state, mesh_lib.global_batch(_model_batch(batch), exp.mesh))
+      step += 1
+      last_in_row = metrics.pop("nonfinite_in_row")
+      sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
+      if profile and len(profile) > 1 and step == profile[1]:
+        jax.profiler.stop_trace()
+      if step % log_every == 0 or step == num_steps:
+        host = jax.device_get(sums)
+        elapsed = time.perf_counter() - last_log_time
+        scalars = steps.summarize(host)
+        scalars["tokens_per_s"] = float(host["tokens"]) / elapsed
+        scalars["real_tokens_per_s"] = float(host["real_tokens"]) / elapsed
+        scalars["steps_per_s"] = (step - last_log_step) / elapsed
+        writer.write_scalars(step, scalars)
+        progress.set_postfix(loss=f"{scalars['loss']:.3f}", mlm_acc=f"{scalars['mlm_accuracy']:.3f}",
+                             tok_s=f"{scalars['tokens_per_s']:.0f}")
+        in_row = int(jax.device_get(last_in_row))
+        if in_row >= int(train_cfg.max_nonfinite_in_row):
+          ckpt.close()
+          raise TrainingStopped(
+              f"{in_row} non-finite (NaN/Inf) steps in a row at step {step} "
+              f"(train.max_nonfinite_in_row={train_cfg.max_nonfinite_in_row}); their updates were "
+              f"skipped and the last checkpoint in {checkpoints.checkpoint_dir(workdir)} is intact")
+        sums, last_log_time, last_log_step = None, time.perf_counter(), step
+      progress.update(1)
+      eval_metrics = None
+      if step % eval_every == 0 and step != num_steps:
+        eval_metrics = exp.evaluate(state.params)
+        writer.write_scalars(step, _numeric(eval_metrics), prefix="eval")
+      if step % save_every == 0 or stop.received:
+        ckpt.save(step, state, train_iter, config_dict, metrics=_numeric(eval_metrics) or None)
+      if stop.received:
+        log.warning("%s received: saved step %d, exiting", stop.received, step)
+        ckpt.close()
+        writer.close()
+        progress.close()
+        raise SystemExit(0)
+  progress.close()
+
+  final = exp.evaluate(state.params)
+  final["step"] = step
+  writer.write_scalars(step, _numeric(final), prefix="eval")
+  if step not in ckpt.all_steps():
+    ckpt.save(step, state, train_iter, config_dict, metrics=_numeric(final), force=True)
+  ckpt.close()
+  writer.close()
+  _close(train_iter)
+  write_json(workdir, f"eval_step_{step}.json", final)
+  return final
+
+
+def _numeric(metrics: dict | None) -> dict:
+  return {k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float))}
+
+
+def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict:
+  """--mode=eval: restores params (latest readable step by default) and evaluates them."""
+  exp = Experiment(config, workdir)
+  params, _, restored_step = checkpoints.restore_params_and_step(
+      workdir, step, abstract_params=exp.abstract_state.params)
+  metrics = exp.evaluate(params)
+  metrics["step"] = int(restored_step)
+  write_json(workdir, f"eval_step_{restored_step}.json", metrics)
+  return metrics
