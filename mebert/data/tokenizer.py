@@ -191,6 +191,10 @@ def load_tokenizer(path: str, *, lowercase: bool = True) -> Tokenizer:
       tok = HfTokenizer.from_str(p.read_text())
     except Exception as e:  # the Rust error is long and multi-line: keep its first line
       raise ValueError(f"{p}: not a tokenizers tokenizer.json ({str(e).splitlines()[0][:200]})") from None
+    # A saved tokenizer.json may pad/truncate every encoding (all-MiniLM-L6-v2's pads to 128);
+    # the pipeline does its own truncation and padding.
+    tok.no_padding()
+    tok.no_truncation()
     return WordPieceTokenizer(tok, str(p))
   return WordPieceTokenizer.from_vocab(p.read_text(encoding="utf-8"), str(p), lowercase)
 
