@@ -20,7 +20,7 @@ def model_defaults(**overrides) -> config_dict.ConfigDict:
 
 
 def pretrain_defaults() -> config_dict.ConfigDict:
-  from mebert.data.pipeline import default_data_config
+  from mebert.data.config import default_data_config
 
   c = config_dict.ConfigDict()
   c.seed = 42  # parameters, dropout and the data stream all derive from it
