@@ -1,0 +1,200 @@
+"""The parity gate: mebert and transformers run the same real sentences; a difference fails loudly.
+
+Every import and export calls this when torch and transformers are importable (otherwise it logs that
+it skipped). Both sides run in float32 on a padded batch of varied lengths with a sentence pair, and
+every output the converted weights determine is compared at real (non-padding) positions: the last
+hidden state, and the pooler, MLM, NSP and classifier logits when the weights hold them. Padding
+rows are excluded because the two implementations need not agree there (mebert lets a padding
+query attend to nothing; transformers lets it attend to the real keys), and nothing reads them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+
+from mebert.interop.errors import InteropError
+from mebert.model.config import ModelConfig
+
+log = logging.getLogger(__name__)
+
+TOLERANCE = 1e-4
+# Real sentences of varied lengths (public-domain books in shared/data, SST-2-style text, an accent,
+# Chinese); the last row is a sentence pair, so segment (token type) embeddings are exercised.
+SENTENCES = [
+    ("It is a truth universally acknowledged, that a single man in possession of a good fortune, "
+     "must be in want of a wife.", None),
+    ("Call me Ishmael.", None),
+    ("it 's a charming and often affecting journey . ", None),
+    ("The café's naïve décor didn't spoil a remarkably good crème brûlée.", None),
+    ("我们住的房间很干净，服务也很好。", None),
+    ("How many roads must a man walk down?",
+     "The answer, my friend, is blowin' in the wind."),
+]
+MAX_LENGTH = 48
+
+
+def torch_available() -> bool:
+  try:
+    import torch  # noqa: F401
+    import transformers  # noqa: F401
+  except ImportError:
+    return False
+  return True
+
+
+def parity_batch(tokenizer, vocab_size: int) -> dict[str, np.ndarray]:
+  """input_ids / token_type_ids / attention_mask for SENTENCES; synthetic ids without a tokenizer."""
+  if tokenizer is not None:
+    singles = [t for t, p in SENTENCES if p is None]
+    pairs = [(t, p) for t, p in SENTENCES if p is not None]
+    a = tokenizer.encode(singles, max_length=MAX_LENGTH, padding=None)
+    b = tokenizer.encode([t for t, _ in pairs], [p for _, p in pairs], max_length=MAX_LENGTH,
+                         padding=None)
+    rows = {k: a[k] + b[k] for k in ("input_ids", "token_type_ids", "attention_mask")}
+  else:  # deterministic ids in range; the same shape of batch (lengths, one pair)
+    rng = np.random.default_rng(0)
+    lengths = [26, 6, 12, 18, 16, 22]
+    rows = {"input_ids": [list(rng.integers(1, vocab_size, n)) for n in lengths],
+            "token_type_ids": [[0] * n for n in lengths[:-1]] + [[0] * 10 + [1] * 12],
+            "attention_mask": [[1] * n for n in lengths]}
+  width = max(len(r) for r in rows["input_ids"])
+  out = {}
+  for key, values in rows.items():
+    arr = np.zeros((len(values), width), np.int32)
+    for i, row in enumerate(values):
+      arr[i, :len(row)] = row
+    out[key] = arr
+  return out
+
+
+def mebert_outputs(cfg: ModelConfig, params: dict, batch: dict, *, task_kind: str | None) -> dict:
+  """The outputs the params determine, computed by mebert in float32 at full matmul precision."""
+  import jax
+  import jax.numpy as jnp
+
+  from mebert.model.encoder import BertModel
+  from mebert.model.pretraining import PreTrainingHeads
+
+  cfg32 = cfg.replace(dtype="float32", param_dtype="float32", attention_backend="xla",
+                      remat_policy="none", scan_layers=False)
+
+  def forward(params, ids, types, mask):  # one jit: a single compile instead of one per op
+    enc = BertModel(cfg32).apply({"params": params["bert"]}, ids, types, mask)
+    out = {"last_hidden_state": enc.sequence_output, "pooler_output": enc.pooled_output}
+    if "cls" in params:
+      out["mlm_logits"], out["nsp_logits"] = PreTrainingHeads(cfg32).apply(
+          {"params": params["cls"]}, enc.sequence_output, enc.pooled_output, enc.word_embeddings)
+    if "classifier" in params:
+      k, b = params["classifier"]["kernel"], params["classifier"]["bias"]
+      x = enc.sequence_output if task_kind == "token_classification" else enc.pooled_output
+      out["classifier_logits"] = x @ k + b
+    return out
+
+  params = jax.tree.map(lambda x: np.asarray(x, np.float32), params)
+  with jax.default_matmul_precision("highest"):
+    out = jax.jit(forward)(params, batch["input_ids"], batch["token_type_ids"],
+                           batch["attention_mask"])
+  return jax.tree.map(np.asarray, out)
+
+
+def hf_outputs(folder: str, architecture: str, batch: dict) -> dict:
+  """The same outputs from transformers, loading `folder` as `architecture` (eager attention)."""
+  import torch
+  import transformers
+
+  cls = getattr(transformers, architecture)
+  verbosity = transformers.logging.get_verbosity()
+  transformers.logging.set_verbosity_error()  # heads we do not compare may be freshly initialised
+  try:
+    model = cls.from_pretrained(folder, attn_implementation="eager", dtype=torch.float32)
+  finally:
+    transformers.logging.set_verbosity(verbosity)
+  model.eval()
+  inputs = {k: torch.from_numpy(np.asarray(v, np.int64)) for k, v in batch.items()}
+  out = {}
+  with torch.no_grad():
+    base = getattr(model, "bert", model)
+    enc = base(**inputs)
+    out["last_hidden_state"] = enc.last_hidden_state.numpy()
+    if enc.pooler_output is not None:
+      out["pooler_output"] = enc.pooler_output.numpy()
+    if base is not model:
+      full = model(**inputs)
+      if architecture == "BertForPreTraining":
+        out["mlm_logits"] = full.prediction_logits.numpy()
+        out["nsp_logits"] = full.seq_relationship_logits.numpy()
+      else:
+        out["classifier_logits"] = full.logits.numpy()
+  return out
+
+
+def compare(ours: dict, theirs: dict, mask: np.ndarray, names: list[str], *, where: str,
+            tol: float = TOLERANCE) -> dict[str, float]:
+  real = mask.astype(bool)
+  diffs = {}
+  for name in names:
+    a, b = np.asarray(ours[name], np.float64), np.asarray(theirs[name], np.float64)
+    if a.shape != b.shape:
+      raise InteropError(f"parity gate ({where}): {name} has shape {a.shape} in mebert, "
+                         f"{b.shape} in transformers")
+    diff = np.abs(a - b)
+    if diff.ndim >= 2 and diff.shape[:2] == real.shape:  # per-token outputs: real positions only
+      diff = diff[real]
+    diffs[name] = float(diff.max())
+  bad = {k: v for k, v in diffs.items() if not v <= tol}
+  if bad:
+    raise InteropError(f"parity gate ({where}): max abs difference above {tol:g} for "
+                       + ", ".join(f"{k}={v:.3g}" for k, v in bad.items()))
+  return diffs
+
+
+def _hf_architecture(groups: list[str], task_kind: str | None) -> str:
+  if "classifier" in groups:
+    return ("BertForTokenClassification" if task_kind == "token_classification"
+            else "BertForSequenceClassification")
+  return "BertForPreTraining" if ("mlm" in groups or "nsp" in groups) else "BertModel"
+
+
+def _names(groups: list[str], architecture: str) -> list[str]:
+  names = ["last_hidden_state"]
+  if "pooler" in groups and architecture != "BertForTokenClassification":
+    names.append("pooler_output")
+  if "mlm" in groups:
+    names.append("mlm_logits")
+  if "nsp" in groups and "pooler" in groups:
+    names.append("nsp_logits")
+  if "classifier" in groups and (architecture == "BertForTokenClassification" or "pooler" in groups):
+    names.append("classifier_logits")
+  return names
+
+
+def run_gate(folder: str, cfg: ModelConfig, params: dict, *, groups: list[str],
+             task_kind: str | None, tokenizer, where: str) -> dict[str, float] | None:
+  """Loads `folder` with transformers, runs both models, returns {output: max abs diff}; raises
+  InteropError above the tolerance; None (and a log line) when torch is not importable."""
+  if not torch_available():
+    log.info("parity gate (%s) skipped: torch/transformers not importable", where)
+    return None
+  architecture = _hf_architecture(groups, task_kind)
+  batch = parity_batch(tokenizer, cfg.vocab_size)
+  theirs = hf_outputs(folder, architecture, batch)
+  ours = mebert_outputs(cfg, params, batch, task_kind=task_kind)
+  names = [n for n in _names(groups, architecture) if n in theirs]
+  diffs = compare(ours, theirs, batch["attention_mask"], names, where=where)
+  log.info("parity gate (%s): %s", where, ", ".join(f"{k}={v:.2e}" for k, v in diffs.items()))
+  return diffs
+
+
+def check_against_folder(folder: str, cfg: ModelConfig, params: dict, report,
+                         allow_pickle: bool = False) -> dict[str, float] | None:
+  """Import side: the folder as transformers reads it vs the params mebert made of it."""
+  from mebert.interop.wordpiece import WordPiece
+
+  del allow_pickle  # transformers reads a .bin with torch.load(weights_only=True) itself
+  tokenizer = WordPiece.from_file(report.tokenizer) if report.tokenizer else None
+  where = f"import {os.path.basename(os.path.normpath(folder))}"
+  return run_gate(folder, cfg, params, groups=report.groups, task_kind=report.task_kind,
+                  tokenizer=tokenizer, where=where)
