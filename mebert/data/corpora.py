@@ -160,7 +160,12 @@ class TfdsDocuments(Sequence):
       import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
       from mebert.data import tfds_corpus  # pylint: disable=g-import-not-at-top,unused-import  (registers the local builder)
 
-      src = tfds.data_source(self.name, split=self.split, data_dir=self.data_dir, download=False)
+      try:
+        src = tfds.data_source(self.name, split=self.split, data_dir=self.data_dir, download=False)
+      except Exception as e:  # TFDS's message lists every registered dataset: keep its first line
+        where = self.data_dir or "the default TFDS data dir"
+        raise FileNotFoundError(f"tfds:{self.name}@{self.split}: not readable from {where}; prepare it as "
+                                f"array_record first ({str(e).splitlines()[0][:200]})") from None
       features = src.dataset_info.features
       if "text" not in features:
         raise ValueError(f"tfds:{self.name}: has no 'text' feature (features: {sorted(features.keys())})")

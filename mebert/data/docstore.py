@@ -135,7 +135,10 @@ class LazyDocStore:
 
   def __init__(self, documents: Sequence[str], doc_ids: np.ndarray, tokenizer, max_num_tokens: int,
                sample_docs: int = 64):
-    self.documents, self.doc_ids, self.tokenizer = documents, np.asarray(doc_ids), tokenizer
+    # uint32 ids: the store is pickled to every grain worker, and Wikipedia has ~6M documents
+    ids = np.asarray(doc_ids)
+    self.doc_ids = ids.astype(np.uint32) if len(ids) and ids.max() < 2**32 else ids
+    self.documents, self.tokenizer = documents, tokenizer
     self.max_num_tokens = max_num_tokens
     if not len(self.doc_ids):
       raise ValueError("corpus: the split has no documents")

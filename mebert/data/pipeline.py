@@ -103,7 +103,7 @@ def make_pretraining_dataset(data_config, tokenizer, *, split: str, seed: int, p
 
 def make_pretraining_iterator(data_config, tokenizer, *, split: str, batch_size: int, seed: int,
                               process_index: int = 0, process_count: int = 1) -> grain.DatasetIterator:
-  """Batches of `batch_size` (per process) dicts of numpy arrays; see README of mebert/data.
+  """Batches of `batch_size` (per process) dicts of numpy arrays.
 
   Keys: input_ids, token_type_ids, segment_ids, positions [B, L] int32; masked_lm_positions,
   masked_lm_ids [B, P] int32, masked_lm_weights [B, P] float32; next_sentence_labels [B] int32
