@@ -258,7 +258,13 @@ def ensure_tokenizer(data_config, workdir: str) -> Tokenizer:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
 
     multihost_utils.sync_global_devices("mebert.data.ensure_tokenizer")
-  return load_tokenizer(str(model_path))
+  tok = load_tokenizer(str(model_path))
+  if tok.vocab_size != int(data_config.vocab_size):
+    # Either the corpus was too small for vocab_size (hard_vocab_limit=False), or the model was
+    # trained by an earlier run with another vocab_size: this file wins; delete it to retrain.
+    logging.warning("%s has %d tokens, data.vocab_size is %d; using the file", model_path, tok.vocab_size,
+                    int(data_config.vocab_size))
+  return tok
 
 
 def main(argv: Sequence[str] | None = None) -> None:
