@@ -120,9 +120,11 @@ def _labels(hf_cfg: dict, num_labels: int) -> list[str]:
 
 
 def load_hf_bert(folder: str, *, scan_layers: bool = False, allow_pickle: bool = False,
-                 parity: bool = True, seed: int = 0, **runtime) -> tuple[ModelConfig, dict, ImportReport]:
+                 parity: bool = True, heads: bool = True, seed: int = 0,
+                 **runtime) -> tuple[ModelConfig, dict, ImportReport]:
   """Reads a Hugging Face BERT folder; see the module doc. `runtime` are further ModelConfig keys
-  (dtype, attention_backend, remat_policy, ...). Raises InteropError naming the file and tensor
+  (dtype, attention_backend, remat_policy, ...). heads=False returns only what the folder has
+  (no initialised MLM/NSP heads; for encoding only). Raises InteropError naming the file and tensor
   for anything unusable; runs the parity gate (mebert.interop.parity) unless parity=False."""
   hf_cfg = read_hf_config(folder)
   cfg_path = os.path.join(folder, "config.json")
@@ -146,6 +148,8 @@ def load_hf_bert(folder: str, *, scan_layers: bool = False, allow_pickle: bool =
       # The encoder is required; an optional part is all-or-nothing (half a head is damage).
       raise InteropError(f"{files[0]}: tensor {absent[0].hf} missing (needed for mebert "
                          f"{'/'.join(absent[0].path)})")
+    if absent and not heads and group in ("mlm", "nsp"):
+      continue
     if absent:
       to_init += [e.path for e in absent]
       init_groups.add(group)

@@ -10,6 +10,7 @@ query attend to nothing; transformers lets it attend to the real keys), and noth
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 
@@ -70,33 +71,40 @@ def parity_batch(tokenizer, vocab_size: int) -> dict[str, np.ndarray]:
   return out
 
 
-def mebert_outputs(cfg: ModelConfig, params: dict, batch: dict, *, task_kind: str | None) -> dict:
-  """The outputs the params determine, computed by mebert in float32 at full matmul precision."""
+@functools.lru_cache(maxsize=8)
+def _forward(cfg32: ModelConfig, task_kind: str | None, heads: bool, classifier: bool):
+  """The jitted mebert forward, cached: an import and the export that follows share one compile."""
   import jax
-  import jax.numpy as jnp
 
   from mebert.model.encoder import BertModel
   from mebert.model.pretraining import PreTrainingHeads
 
-  cfg32 = cfg.replace(dtype="float32", param_dtype="float32", attention_backend="xla",
-                      remat_policy="none", scan_layers=False)
-
-  def forward(params, ids, types, mask):  # one jit: a single compile instead of one per op
+  def forward(params, ids, types, mask):
     enc = BertModel(cfg32).apply({"params": params["bert"]}, ids, types, mask)
     out = {"last_hidden_state": enc.sequence_output, "pooler_output": enc.pooled_output}
-    if "cls" in params:
+    if heads:
       out["mlm_logits"], out["nsp_logits"] = PreTrainingHeads(cfg32).apply(
           {"params": params["cls"]}, enc.sequence_output, enc.pooled_output, enc.word_embeddings)
-    if "classifier" in params:
+    if classifier:
       k, b = params["classifier"]["kernel"], params["classifier"]["bias"]
       x = enc.sequence_output if task_kind == "token_classification" else enc.pooled_output
       out["classifier_logits"] = x @ k + b
     return out
 
+  return jax.jit(forward)
+
+
+def mebert_outputs(cfg: ModelConfig, params: dict, batch: dict, *, task_kind: str | None) -> dict:
+  """The outputs the params determine, computed by mebert in float32 at full matmul precision."""
+  import jax
+
+  cfg32 = cfg.replace(dtype="float32", param_dtype="float32", attention_backend="xla",
+                      remat_policy="none", scan_layers=False)
+  params = {k: v for k, v in params.items() if k in ("bert", "cls", "classifier")}
   params = jax.tree.map(lambda x: np.asarray(x, np.float32), params)
+  forward = _forward(cfg32, task_kind, "cls" in params, "classifier" in params)
   with jax.default_matmul_precision("highest"):
-    out = jax.jit(forward)(params, batch["input_ids"], batch["token_type_ids"],
-                           batch["attention_mask"])
+    out = forward(params, batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
   return jax.tree.map(np.asarray, out)
 
 

