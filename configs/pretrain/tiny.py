@@ -18,6 +18,7 @@ def get_config(arg=None):
   c.data.vocab_size = 8000
   c.data.seq_len = 128
   c.data.max_predictions_per_seq = 20
+  c.data.eval_fraction = 0.1  # ~48 held-out documents: enough eval batches for a stable figure
   c.train.batch_size = 32
   c.train.num_steps = 1200
   c.train.learning_rate = 1e-3  # a tiny model and short run take a high, quickly warmed-up rate

@@ -33,9 +33,9 @@ def init_train_state(rng, model: nn.Module, tx: optax.GradientTransformation,
   """Initial state with LogicallyPartitioned boxes (for shardings); unbox before use."""
   params = model.init(rng, **{k: example_batch[k] for k in MODEL_INPUTS},
                       masked_lm_positions=example_batch["masked_lm_positions"])["params"]
-  zero = jnp.zeros((), jnp.int32)
-  return TrainState(step=zero, params=params, opt_state=tx.init(params), nonfinite_in_row=zero,
-                    nonfinite_total=zero)
+  zero = lambda: jnp.zeros((), jnp.int32)  # distinct buffers: the state is donated as a whole
+  return TrainState(step=zero(), params=params, opt_state=tx.init(params),
+                    nonfinite_in_row=zero(), nonfinite_total=zero())
 
 
 def pretraining_sums(params, batch, model: nn.Module, rng, mlm_total, nsp_total):

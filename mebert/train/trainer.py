@@ -65,7 +65,7 @@ class Experiment:
       boxed = jax.eval_shape(self._init_fn, jax.random.key(0))
       self.state_shardings = mesh_lib.logical_shardings(boxed, self.mesh, self.rules)
       self.abstract_state = jax.tree.map(
-          lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), nn.unbox(boxed),
+          lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), mesh_lib.strip_boxes(boxed),
           self.state_shardings)
 
   def sharding_context(self):

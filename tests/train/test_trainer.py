@@ -1,0 +1,150 @@
+"""End to end on the built-in corpus with a tiny model: outputs, exact resume, eval mode, CLI."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
+def tiny_config(**overrides):
+  sys.path.insert(0, str(REPO))
+  from ml_collections import config_flags  # noqa: F401  (config files import mebert)
+  import importlib.util
+
+  spec = importlib.util.spec_from_file_location("tiny_cfg", REPO / "configs/pretrain/tiny.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  c = module.get_config()
+  c.model.hidden_size, c.model.num_layers, c.model.num_heads = 32, 1, 2
+  c.model.intermediate_size, c.model.max_position_embeddings = 64, 32
+  c.data.vocab_size, c.data.seq_len, c.data.max_predictions_per_seq = 400, 32, 5
+  c.train.batch_size, c.train.num_steps, c.train.warmup_steps = 8, 8, 2
+  c.train.log_every, c.checkpoint.every_steps, c.eval.every_steps = 1, 3, 4
+  c.eval.num_batches, c.eval.batch_size = 2, 8
+  for key, value in overrides.items():
+    section, name = key.split(".")
+    c[section][name] = value
+  return c
+
+
+def read_losses(workdir) -> dict[int, float]:
+  losses = {}
+  for line in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines():
+    record = json.loads(line)
+    if record["split"] == "train":
+      losses[record["step"]] = record["loss"]  # a resumed run rewrites the steps it redoes
+  return losses
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+  from mebert.train import trainer
+
+  workdir = tmp_path_factory.mktemp("full")
+  final = trainer.train_and_evaluate(tiny_config(), str(workdir))
+  return workdir, final
+
+
+def test_run_writes_checkpoints_logs_and_eval(uninterrupted):
+  workdir, final = uninterrupted
+  assert sorted(p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())[-1] == "8"
+  assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+  assert sorted(read_losses(workdir)) == list(range(1, 9))
+  assert (workdir / "vocab" / "spm.model").exists()
+  assert json.loads((workdir / "config.json").read_text())["model"]["num_layers"] == 1
+  for key in ("mlm_accuracy", "mlm_loss", "nsp_accuracy", "most_frequent_token_accuracy"):
+    assert np.isfinite(final[key])
+  assert json.loads((workdir / "eval_step_8.json").read_text())["step"] == 8
+
+
+def test_resume_continues_with_identical_losses(uninterrupted, tmp_path):
+  from mebert.train import trainer
+
+  full_dir, _ = uninterrupted
+  # Stop at step 5 (last periodic checkpoint: 3), as a kill would, then run the same config again.
+  trainer.train_and_evaluate(tiny_config(**{"train.num_steps": 5}), str(tmp_path))
+  for step_dir in (tmp_path / "checkpoints").iterdir():
+    if step_dir.name == "5":  # the end-of-run save a killed run would not have made
+      import shutil
+      shutil.rmtree(step_dir)
+  trainer.train_and_evaluate(tiny_config(), str(tmp_path))
+  full, resumed = read_losses(full_dir), read_losses(tmp_path)
+  np.testing.assert_array_equal([resumed[s] for s in range(1, 9)], [full[s] for s in range(1, 9)])
+
+
+def test_eval_mode_restores_and_reports(uninterrupted):
+  from mebert.train import trainer
+
+  workdir, final = uninterrupted
+  metrics = trainer.evaluate_checkpoint(tiny_config(), str(workdir))
+  assert metrics["step"] == 8
+  assert metrics["mlm_accuracy"] == pytest.approx(final["mlm_accuracy"])
+  at_step = trainer.evaluate_checkpoint(tiny_config(), str(workdir), step=6)
+  assert at_step["step"] == 6
+
+
+def _cli(workdir, *flags, timeout=300):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
+  return subprocess.run(
+      [sys.executable, "-m", "mebert.train", "--config=configs/pretrain/tiny.py",
+       f"--workdir={workdir}", *flags], cwd=REPO, env=env, capture_output=True, text=True,
+      timeout=timeout)
+
+
+def test_cli_rejects_mistyped_override_naming_the_key(tmp_path):
+  result = _cli(tmp_path, "--config.model.num_layerz=2")
+  assert result.returncode != 0
+  assert "num_layerz" in result.stderr
+
+
+def test_cli_eval_prints_metrics_json_last(uninterrupted):
+  workdir, _ = uninterrupted
+  result = _cli(workdir, "--mode=eval", *_tiny_flags())
+  assert result.returncode == 0, result.stderr[-2000:]
+  metrics = json.loads(result.stdout.strip().splitlines()[-1])
+  assert metrics["step"] == 8 and "mlm_accuracy" in metrics
+
+
+def _tiny_flags():
+  c = tiny_config()
+  return [f"--config.{section}.{key}={c[section][key]}"
+          for section, key in (("model", "hidden_size"), ("model", "num_layers"),
+                               ("model", "num_heads"), ("model", "intermediate_size"),
+                               ("model", "max_position_embeddings"), ("data", "vocab_size"),
+                               ("data", "seq_len"), ("data", "max_predictions_per_seq"),
+                               ("train", "batch_size"), ("train", "num_steps"),
+                               ("train", "warmup_steps"), ("train", "log_every"),
+                               ("checkpoint", "every_steps"), ("eval", "every_steps"),
+                               ("eval", "num_batches"), ("eval", "batch_size"))]
+
+
+@pytest.mark.slow
+def test_sigkill_midway_then_rerun_matches_uninterrupted(uninterrupted, tmp_path):
+  full_dir, _ = uninterrupted
+  flags = _tiny_flags() + ["--config.checkpoint.async_save=False"]
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
+  proc = subprocess.Popen(
+      [sys.executable, "-m", "mebert.train", "--config=configs/pretrain/tiny.py",
+       f"--workdir={tmp_path}", *flags], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+      stderr=subprocess.DEVNULL)
+  deadline = time.time() + 240
+  while time.time() < deadline:
+    metrics = tmp_path / "metrics.jsonl"
+    if metrics.exists() and max(read_losses(tmp_path) or {0: 0}) >= 5:
+      break
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert max(read_losses(tmp_path)) < 8, "the run finished before it could be killed"
+  result = _cli(tmp_path, *flags)
+  assert result.returncode == 0, result.stderr[-2000:]
+  full, resumed = read_losses(full_dir), read_losses(tmp_path)
+  np.testing.assert_array_equal([resumed[s] for s in range(1, 9)], [full[s] for s in range(1, 9)])
