@@ -20,11 +20,11 @@ def get_config(arg=None):
   c.data.max_predictions_per_seq = 20
   c.data.eval_fraction = 0.1  # ~48 held-out documents: enough eval batches for a stable figure
   c.train.batch_size = 32
-  c.train.num_steps = 1200
+  c.train.num_steps = 600
   c.train.learning_rate = 1e-3  # a tiny model and short run take a high, quickly warmed-up rate
-  c.train.warmup_steps = 100
+  c.train.warmup_steps = 60
   c.train.log_every = 50
   c.checkpoint.every_steps = 200
-  c.eval.every_steps = 400
+  c.eval.every_steps = 200
   c.eval.num_batches = 10
   return c
