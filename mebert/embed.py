@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -122,6 +123,7 @@ def read_sentences(path: str, column: str | None = None, header: bool = True) ->
   return [r[index] for r in body]
 
 
+@functools.lru_cache(maxsize=16)
 def _embed_fn(cfg: ModelConfig, pooling: str, layers: tuple[int, ...], normalize: bool):
   import jax
   import jax.numpy as jnp
