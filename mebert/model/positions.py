@@ -27,6 +27,7 @@ axes ("relpos_buckets", "heads")), shared by all layers as in T5.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable
 
@@ -124,6 +125,9 @@ RELATIVE_NUM_BUCKETS = 32
 RELATIVE_MAX_DISTANCE = 128
 
 
+# The position helpers below are jitted so that, run eagerly (tests, notebooks), each is one
+# compiled program rather than a dozen; inside a jitted model they are simply inlined.
+@functools.partial(jax.jit, static_argnames=("num_buckets", "max_distance"))
 def relative_position_bucket(relative_position: jax.Array, num_buckets: int = RELATIVE_NUM_BUCKETS,
                              max_distance: int = RELATIVE_MAX_DISTANCE) -> jax.Array:
   """T5's `_relative_position_bucket` with bidirectional=True; relative_position = key - query.
@@ -162,12 +166,17 @@ class RelativePositionBias(nn.Module):
         nn.with_logical_partitioning(
             nn.initializers.normal(cfg.initializer_range), ("relpos_buckets", "heads")),
         (RELATIVE_NUM_BUCKETS, cfg.num_heads), cfg.storage_dtype)
-    # T5's convention: memory (key) position minus context (query) position.
-    relative_BxLxL = positions[:, None, :] - positions[:, :, None]
-    buckets_BxLxL = relative_position_bucket(relative_BxLxL)
-    bias_BxLxLxN = jnp.take(table.astype(jnp.float32), buckets_BxLxL, axis=0)
-    bias_BxNxLxL = jnp.transpose(bias_BxLxLxN, (0, 3, 1, 2))
-    return PositionOutputs(attention_bias=_bias_constraint(bias_BxNxLxL))
+    return PositionOutputs(attention_bias=_bias_constraint(relative_bias(table, positions)))
+
+
+@jax.jit
+def relative_bias(table_KxN: jax.Array, positions: jax.Array) -> jax.Array:
+  """[B, N, L, L] float32: table[bucket(p_j - p_i), h] for query i and key j."""
+  # T5's convention: memory (key) position minus context (query) position.
+  relative_BxLxL = positions[:, None, :] - positions[:, :, None]
+  buckets_BxLxL = relative_position_bucket(relative_BxLxL, num_buckets=table_KxN.shape[0])
+  bias_BxLxLxN = jnp.take(table_KxN.astype(jnp.float32), buckets_BxLxL, axis=0)
+  return jnp.transpose(bias_BxLxLxN, (0, 3, 1, 2))
 
 
 @register("rotary")
@@ -187,10 +196,11 @@ class RotaryPositions(nn.Module):
       raise ValueError(
           f"rotary position encoding needs an even head_dim, got {dim} (hidden_size="
           f"{self.config.hidden_size}, num_heads={self.config.num_heads})")
-    sin, cos = rotary_sin_cos(positions, dim, self.base)
+    sin, cos = rotary_sin_cos(positions, dim=dim, base=self.base)
     return PositionOutputs(rotary=(sin, cos))
 
 
+@functools.partial(jax.jit, static_argnames=("dim", "base"))
 def rotary_sin_cos(positions: jax.Array, dim: int, base: float = 10000.0):
   """(sin, cos) [..., dim/2] float32 of the angles p * base^(-2i/dim), i = 0 .. dim/2 - 1."""
   inv_freq = 1.0 / (base ** (jnp.arange(0, dim, 2, dtype=jnp.float32) / dim))
@@ -221,6 +231,11 @@ class AlibiPositions(nn.Module):
   @nn.compact
   def __call__(self, positions, segment_ids) -> PositionOutputs:
     slopes_N = jnp.asarray(alibi_slopes(self.config.num_heads), jnp.float32)
-    distance_BxLxL = jnp.abs(positions[:, None, :] - positions[:, :, None]).astype(jnp.float32)
-    bias = -slopes_N[None, :, None, None] * distance_BxLxL[:, None]
-    return PositionOutputs(attention_bias=_bias_constraint(bias))
+    return PositionOutputs(attention_bias=_bias_constraint(alibi_bias(slopes_N, positions)))
+
+
+@jax.jit
+def alibi_bias(slopes_N: jax.Array, positions: jax.Array) -> jax.Array:
+  """[B, N, L, L] float32: -slope_h * |p_i - p_j|."""
+  distance_BxLxL = jnp.abs(positions[:, None, :] - positions[:, :, None]).astype(jnp.float32)
+  return -slopes_N[None, :, None, None] * distance_BxLxL[:, None]
