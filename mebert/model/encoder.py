@@ -40,7 +40,7 @@ def activation(name: str):
 
 
 def constrain_hidden(x):
-  return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+  return nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
 
 
 @flax.struct.dataclass
