@@ -106,3 +106,20 @@ def hf_config_from_model(cfg: ModelConfig, architecture: str,
     out["id2label"] = {str(i): name for i, name in enumerate(labels)}
     out["label2id"] = {name: i for i, name in enumerate(labels)}
   return out
+
+
+# The ModelConfig keys that decide parameter shapes or the function computed; the rest (dtype,
+# scan_layers, remat, attention backend, dropout) are free to differ from the checkpoint's.
+ARCHITECTURE_KEYS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
+                     "hidden_act", "max_position_embeddings", "type_vocab_size", "layer_norm_eps",
+                     "position_encoding", "use_segment_embeddings", "encoding_fusion",
+                     "pre_layer_norm", "use_bias")
+
+
+def check_same_architecture(model: ModelConfig, source: ModelConfig, origin: str) -> None:
+  """Raises naming every architecture key where the run's model differs from the source weights
+  (e.g. trainer config vs init.hf folder), so a mismatch fails before any shape error."""
+  diffs = [f"model.{k}={getattr(model, k)!r} but {origin} has {getattr(source, k)!r}"
+           for k in ARCHITECTURE_KEYS if getattr(model, k) != getattr(source, k)]
+  if diffs:
+    raise InteropError("; ".join(diffs))

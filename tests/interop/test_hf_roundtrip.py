@@ -31,9 +31,6 @@ def test_minilm_import_parity(minilm):
 
 
 def test_minilm_scan_layers_is_the_stacked_tree(minilm, minilm_dir):
-  import jax
-  from mebert.model.encoder import BertModel
-
   _, flat, _ = minilm
   cfg, stacked, _ = load_hf_bert(str(minilm_dir), parity=False, heads=False, scan_layers=True)
   assert cfg.scan_layers and "cls" not in stacked
@@ -41,12 +38,20 @@ def test_minilm_scan_layers_is_the_stacked_tree(minilm, minilm_dir):
   assert kernel.shape == (6, 384, 384)
   np.testing.assert_array_equal(
       kernel[3], flat["bert"]["encoder"]["layer_3"]["attention"]["self"]["query"]["kernel"])
-  # The scanned model computes what the unrolled one does, from the stacked tree.
+
+
+def test_scanned_model_runs_the_stacked_tree(make_hf_model):
+  """The scanned encoder computes from the stacked tree what the unrolled one does."""
+  import jax
+  from mebert.model.encoder import BertModel
+
+  folder = make_hf_model("BertForPreTraining")
+  cfg, flat, _ = load_hf_bert(str(folder), parity=False, heads=False)
+  scan_cfg, stacked, _ = load_hf_bert(str(folder), parity=False, heads=False, scan_layers=True)
   ids = parity.parity_batch(None, cfg.vocab_size)["input_ids"][:2]
-  scan = jax.jit(lambda p, x: BertModel(cfg).apply({"params": p}, x).sequence_output)
-  unrolled = jax.jit(lambda p, x: BertModel(cfg.replace(scan_layers=False)).apply(
-      {"params": p}, x).sequence_output)
-  np.testing.assert_allclose(scan(stacked["bert"], ids), unrolled(flat["bert"], ids), atol=1e-5)
+  run = lambda c: jax.jit(lambda p, x: BertModel(c).apply({"params": p}, x).sequence_output)
+  np.testing.assert_allclose(run(scan_cfg)(stacked["bert"], ids), run(cfg)(flat["bert"], ids),
+                             atol=1e-5)
 
 
 def test_pretraining_round_trip_hf_mebert_hf_mebert(make_hf_model, tmp_path, assert_trees_equal):
@@ -154,3 +159,29 @@ def test_workdir_cli_round_trip_with_scan_layers(make_hf_model, tmp_path, assert
   _, exported, _ = load_hf_bert(str(out), parity=False)
   assert_trees_equal(original, exported)
   assert hf_names.is_stacked(params)
+
+
+def test_trainer_init_hf_merges_into_a_scanned_model(make_hf_model):
+  """What config.init.hf does: the imported tree lands on the model's own (scanned) init tree."""
+  import flax.linen as nn
+  import jax
+  import jax.numpy as jnp
+  from mebert.interop.errors import InteropError
+  from mebert.interop.hf_config import check_same_architecture
+  from mebert.model.pretraining import BertForPreTraining
+  from mebert.train.init_from import merge_params
+
+  folder = make_hf_model("BertModel")
+  hf_cfg, source, _ = load_hf_bert(str(folder), parity=False, heads=False, scan_layers=True)
+  run_cfg = hf_cfg.replace(dtype="bfloat16", remat_policy="full", dropout_rate=0.0)
+  check_same_architecture(run_cfg, hf_cfg, "init.hf")  # runtime keys may differ
+  with pytest.raises(InteropError, match=r"model\.hidden_size=128 but init\.hf has 64"):
+    check_same_architecture(run_cfg.replace(hidden_size=128, num_heads=4), hf_cfg, "init.hf")
+  ids = jnp.zeros((1, 8), jnp.int32)
+  target = jax.jit(lambda r: nn.unbox(BertForPreTraining(run_cfg).init(r, ids)["params"]))(
+      jax.random.PRNGKey(0))
+  merged, missing = merge_params(target, source, origin="init.hf")
+  assert missing and all(m.startswith("['cls']") for m in missing)
+  np.testing.assert_array_equal(
+      merged["bert"]["encoder"]["layer"]["intermediate"]["dense"]["kernel"],
+      source["bert"]["encoder"]["layer"]["intermediate"]["dense"]["kernel"])
