@@ -104,7 +104,9 @@ def state_dict(params: dict, cfg: ModelConfig, architecture: str) -> dict[str, n
 
 def write_tokenizer(folder: str, tokenizer_path: str | None, cfg: ModelConfig,
                     lowercase: bool | None, report: ExportReport):
-  """Writes BertTokenizerFast's files; returns the WordPiece (for the parity gate) or None."""
+  """Writes the tokenizer files transformers loads (BertTokenizerFast's for WordPiece, a
+  tokenizer.json for a unigram sentencepiece model); returns the tokenizer for the parity gate, or
+  None when only the weights are exported."""
   from mebert.interop.wordpiece import WordPiece
 
   if not tokenizer_path:
@@ -114,13 +116,24 @@ def write_tokenizer(folder: str, tokenizer_path: str | None, cfg: ModelConfig,
     report.notes.append(f"tokenizer {tokenizer_path} not found: only the weights are exported")
     return None
   if tokenizer_path.endswith(".model"):
-    # A sentencepiece model has no faithful BertTokenizerFast form (its specials are control
-    # symbols mebert's pipeline adds itself); ship the model file, say so plainly.
-    shutil.copy(tokenizer_path, os.path.join(folder, "spiece.model"))
-    report.tokenizer_files.append("spiece.model")
-    report.notes.append("sentencepiece vocab: only the weights are exported for transformers; "
-                        "spiece.model is copied for reference, no transformers tokenizer is written")
-    return None
+    from mebert.interop.spm_convert import save_spm_for_transformers, spm_to_tokenizer
+
+    try:
+      tokenizer = spm_to_tokenizer(tokenizer_path)
+    except InteropError as e:  # e.g. a BPE model: no faithful tokenizer.json, say so plainly
+      shutil.copy(tokenizer_path, os.path.join(folder, "spiece.model"))
+      report.tokenizer_files.append("spiece.model")
+      report.notes.append(f"only the weights are exported for transformers: {e}; spiece.model is "
+                          "copied for reference")
+      return None
+    if tokenizer.vocab_size > cfg.vocab_size:
+      raise InteropError(f"{tokenizer_path}: {tokenizer.vocab_size} pieces but the model's "
+                         f"vocab_size is {cfg.vocab_size}")
+    report.tokenizer_files = save_spm_for_transformers(
+        tokenizer_path, folder, model_max_length=cfg.max_position_embeddings)
+    report.notes.append("sentencepiece vocab written as a tokenizers tokenizer.json "
+                        "(AutoTokenizer loads it as PreTrainedTokenizerFast)")
+    return tokenizer
   tokenizer = WordPiece.from_file(tokenizer_path, lowercase=lowercase)
   if tokenizer.vocab_size > cfg.vocab_size:
     raise InteropError(f"{tokenizer_path}: {tokenizer.vocab_size} tokens but the model's "

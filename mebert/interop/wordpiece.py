@@ -51,14 +51,11 @@ def _tokenizer_config(folder: str) -> dict:
     return json.load(f)
 
 
-class WordPiece:
-  """A BERT WordPiece tokenizer; `encode` mirrors BertTokenizerFast.__call__ (see module doc)."""
+class FastTokenizer:
+  """A `tokenizers.Tokenizer` with BERT's five specials and a [CLS] A [SEP] (B [SEP]) template;
+  `encode` mirrors transformers' fast-tokenizer __call__ (see module doc)."""
 
   def __init__(self, tokenizer, path: str, lowercase: bool):
-    from tokenizers import models
-
-    if not isinstance(tokenizer.model, models.WordPiece):
-      raise InteropError(f"{path}: not a WordPiece tokenizer ({type(tokenizer.model).__name__})")
     self.tokenizer = tokenizer
     self.path = path
     self.lowercase = lowercase
@@ -70,6 +67,58 @@ class WordPiece:
     self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id = (
         vocab[t] for t in SPECIAL_TOKENS)
     self.vocab_size = max(vocab.values()) + 1
+
+  def encode(self, texts: Sequence, pairs: Sequence | None = None, *,
+             is_split_into_words: bool = False, max_length: int | None = None,
+             truncation: str | None = "longest_first", padding: str | None = "longest",
+             pad_to_multiple_of: int | None = None) -> dict[str, np.ndarray]:
+    """Like BertTokenizerFast(texts, pairs, truncation=..., max_length=..., padding=...).
+
+    Returns int32 arrays [B, L]: input_ids, attention_mask, token_type_ids, and word_ids (-1 where
+    transformers' word_ids() gives None: specials and padding). `truncation` is one of
+    "longest_first", "only_first", "only_second" or None; it needs `max_length`. `padding` is
+    "longest", "max_length" or None (then the rows are lists, not a 2-D array).
+    """
+    inputs = list(texts) if pairs is None else list(zip(texts, pairs))
+    tok = self.tokenizer
+    try:
+      if truncation and max_length:
+        tok.enable_truncation(max_length, stride=0, strategy=truncation, direction="right")
+      encodings = tok.encode_batch(inputs, is_pretokenized=is_split_into_words,
+                                   add_special_tokens=True)
+    finally:
+      tok.no_truncation()
+    rows = {
+        "input_ids": [e.ids for e in encodings],
+        "attention_mask": [e.attention_mask for e in encodings],
+        "token_type_ids": [e.type_ids for e in encodings],
+        "word_ids": [[-1 if w is None else w for w in e.word_ids] for e in encodings],
+    }
+    if not padding:
+      return rows
+    width = max([len(r) for r in rows["input_ids"]] + [0])
+    if padding == "max_length" and max_length:
+      width = max(width, max_length)
+    if pad_to_multiple_of:
+      width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
+    fill = {"input_ids": self.pad_id, "attention_mask": 0, "token_type_ids": 0, "word_ids": -1}
+    out = {}
+    for key, values in rows.items():
+      arr = np.full((len(values), width), fill[key], np.int32)
+      for i, row in enumerate(values):
+        arr[i, :len(row)] = row
+      out[key] = arr
+    return out
+
+class WordPiece(FastTokenizer):
+  """A BERT WordPiece tokenizer, as BertTokenizerFast builds it from vocab.txt or tokenizer.json."""
+
+  def __init__(self, tokenizer, path: str, lowercase: bool):
+    from tokenizers import models
+
+    if not isinstance(tokenizer.model, models.WordPiece):
+      raise InteropError(f"{path}: not a WordPiece tokenizer ({type(tokenizer.model).__name__})")
+    super().__init__(tokenizer, path, lowercase)
 
   @classmethod
   def from_vocab(cls, path: str, *, lowercase: bool | None = None,
@@ -126,48 +175,6 @@ class WordPiece:
       tok.no_truncation()
       tok.no_padding()
     return cls(tok, path, _json_lowercase(json.loads(tok.to_str()).get("normalizer")))
-
-  def encode(self, texts: Sequence, pairs: Sequence | None = None, *,
-             is_split_into_words: bool = False, max_length: int | None = None,
-             truncation: str | None = "longest_first", padding: str | None = "longest",
-             pad_to_multiple_of: int | None = None) -> dict[str, np.ndarray]:
-    """Like BertTokenizerFast(texts, pairs, truncation=..., max_length=..., padding=...).
-
-    Returns int32 arrays [B, L]: input_ids, attention_mask, token_type_ids, and word_ids (-1 where
-    transformers' word_ids() gives None: specials and padding). `truncation` is one of
-    "longest_first", "only_first", "only_second" or None; it needs `max_length`. `padding` is
-    "longest", "max_length" or None (then the rows are lists, not a 2-D array).
-    """
-    inputs = list(texts) if pairs is None else list(zip(texts, pairs))
-    tok = self.tokenizer
-    try:
-      if truncation and max_length:
-        tok.enable_truncation(max_length, stride=0, strategy=truncation, direction="right")
-      encodings = tok.encode_batch(inputs, is_pretokenized=is_split_into_words,
-                                   add_special_tokens=True)
-    finally:
-      tok.no_truncation()
-    rows = {
-        "input_ids": [e.ids for e in encodings],
-        "attention_mask": [e.attention_mask for e in encodings],
-        "token_type_ids": [e.type_ids for e in encodings],
-        "word_ids": [[-1 if w is None else w for w in e.word_ids] for e in encodings],
-    }
-    if not padding:
-      return rows
-    width = max([len(r) for r in rows["input_ids"]] + [0])
-    if padding == "max_length" and max_length:
-      width = max(width, max_length)
-    if pad_to_multiple_of:
-      width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
-    fill = {"input_ids": self.pad_id, "attention_mask": 0, "token_type_ids": 0, "word_ids": -1}
-    out = {}
-    for key, values in rows.items():
-      arr = np.full((len(values), width), fill[key], np.int32)
-      for i, row in enumerate(values):
-        arr[i, :len(row)] = row
-      out[key] = arr
-    return out
 
   def save(self, folder: str, *, model_max_length: int = 512) -> list[str]:
     """Writes tokenizer.json, vocab.txt, tokenizer_config.json and special_tokens_map.json in the
