@@ -10,39 +10,7 @@ import time
 
 import numpy as np
 import pytest
-
-REPO = pathlib.Path(__file__).resolve().parents[2]
-
-
-def tiny_config(**overrides):
-  sys.path.insert(0, str(REPO))
-  from ml_collections import config_flags  # noqa: F401  (config files import mebert)
-  import importlib.util
-
-  spec = importlib.util.spec_from_file_location("tiny_cfg", REPO / "configs/pretrain/tiny.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config()
-  c.model.hidden_size, c.model.num_layers, c.model.num_heads = 32, 1, 2
-  c.model.intermediate_size, c.model.max_position_embeddings = 64, 32
-  c.data.vocab_size, c.data.seq_len, c.data.max_predictions_per_seq = 400, 32, 5
-  c.train.batch_size, c.train.num_steps, c.train.warmup_steps = 8, 8, 2
-  c.train.log_every, c.checkpoint.every_steps, c.eval.every_steps = 1, 3, 4
-  c.eval.num_batches, c.eval.batch_size = 2, 8
-  for key, value in overrides.items():
-    section, name = key.split(".")
-    c[section][name] = value
-  return c
-
-
-def read_losses(workdir) -> dict[int, float]:
-  losses = {}
-  for line in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines():
-    record = json.loads(line)
-    if record["split"] == "train":
-      losses[record["step"]] = record["loss"]  # a resumed run rewrites the steps it redoes
-  return losses
-
+from tiny_run import REPO, read_losses, tiny_config
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
@@ -78,6 +46,13 @@ def test_resume_continues_with_identical_losses(uninterrupted, tmp_path):
   trainer.train_and_evaluate(tiny_config(), str(tmp_path))
   full, resumed = read_losses(full_dir), read_losses(tmp_path)
   np.testing.assert_array_equal([resumed[s] for s in range(1, 9)], [full[s] for s in range(1, 9)])
+  from mebert.train import checkpoints
+  import jax
+
+  a, _ = checkpoints.restore_params(str(full_dir), 8)
+  b, _ = checkpoints.restore_params(str(tmp_path), 8)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))  # bitwise, not just close
 
 
 def test_eval_mode_restores_and_reports(uninterrupted):
