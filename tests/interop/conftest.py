@@ -20,15 +20,20 @@ def minilm_dir() -> pathlib.Path:
   return folder
 
 
-def tokenizer_files(src: pathlib.Path, dst: pathlib.Path) -> None:
-  for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-    if (src / name).is_file():
-      shutil.copy(src / name, dst / name)
+SMALL_VOCAB = 5000  # bert-base-uncased's first 5000 entries: specials, characters, common words
+
+
+def small_vocab(src: pathlib.Path, dst: pathlib.Path) -> None:
+  """A real but small WordPiece vocab (every word still splits into pieces it has), so the random
+  test models stay cheap: the MLM head's size follows the vocab."""
+  lines = (src / "vocab.txt").read_text(encoding="utf-8").split("\n")[:SMALL_VOCAB]
+  (dst / "vocab.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+  shutil.copy(src / "tokenizer_config.json", dst / "tokenizer_config.json")
 
 
 @pytest.fixture(scope="session")
 def make_hf_model(tmp_path_factory, minilm_dir):
-  """Saves a random small transformers BERT (hidden 64, 2 layers, MiniLM's vocab) of a class."""
+  """Saves a random small transformers BERT (hidden 64, 2 layers, small real vocab) of a class."""
   torch = pytest.importorskip("torch")
   transformers = pytest.importorskip("transformers")
   made = {}
@@ -38,7 +43,7 @@ def make_hf_model(tmp_path_factory, minilm_dir):
     if key in made:
       return made[key]
     torch.manual_seed(len(made))
-    cfg = transformers.BertConfig(vocab_size=30522, hidden_size=64, num_hidden_layers=2,
+    cfg = transformers.BertConfig(vocab_size=SMALL_VOCAB, hidden_size=64, num_hidden_layers=2,
                                   num_attention_heads=4, intermediate_size=128, **config)
     model = getattr(transformers, architecture)(cfg)
     with torch.no_grad():  # non-trivial LayerNorm and bias values, so a swapped name shows
@@ -47,7 +52,7 @@ def make_hf_model(tmp_path_factory, minilm_dir):
           p.add_(0.1 * torch.randn_like(p))
     folder = tmp_path_factory.mktemp(architecture)
     model.save_pretrained(folder)
-    tokenizer_files(minilm_dir, folder)
+    small_vocab(minilm_dir, folder)
     made[key] = folder
     return folder
 
