@@ -146,7 +146,8 @@ def load_hf_bert(folder: str, *, scan_layers: bool = False, allow_pickle: bool =
     absent = [e for e, key in found if key is None]
     if absent and (group in hf_names.ENCODER_GROUPS or len(absent) < len(found)):
       # The encoder is required; an optional part is all-or-nothing (half a head is damage).
-      raise InteropError(f"{files[0]}: tensor {absent[0].hf} missing (needed for mebert "
+      where = files[0] if len(files) == 1 else f"{folder} ({len(files)} weight files)"
+      raise InteropError(f"{where}: tensor {absent[0].hf} missing (needed for mebert "
                          f"{'/'.join(absent[0].path)})")
     if absent and not heads and group in ("mlm", "nsp"):
       continue
