@@ -130,6 +130,20 @@ def test_pickle_only_is_refused_unless_allowed(folder):
                                 tensors["bert.pooler.dense.bias"])
 
 
+def test_cli_allow_pickle_flag(folder, tmp_path, capsys):
+  torch = pytest.importorskip("torch")
+  pytest.importorskip("orbax.checkpoint")
+  from mebert.interop.__main__ import main
+
+  tensors = load_file(folder / "model.safetensors")
+  torch.save({k: torch.from_numpy(v) for k, v in tensors.items()}, folder / "pytorch_model.bin")
+  (folder / "model.safetensors").unlink()
+  args = ["import-hf", f"--from={folder}", f"--to={tmp_path / 'wd'}", "--no-parity"]
+  assert main(args) == 2 and "--allow-pickle" in capsys.readouterr().err
+  assert main(args + ["--allow-pickle"]) == 0
+  assert (tmp_path / "wd" / "checkpoints" / "0").is_dir()
+
+
 @pytest.mark.parametrize("change,key", [
     (dict(pre_layer_norm=True), "pre_layer_norm"),
     (dict(position_encoding="sinusoidal"), "position_encoding"),
