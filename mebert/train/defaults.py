@@ -64,6 +64,7 @@ def pretrain_defaults() -> config_dict.ConfigDict:
   c.mesh.rules = ()  # empty = mebert.parallel.mesh.DEFAULT_RULES
 
   c.init = config_dict.ConfigDict()
-  c.init.hf = ""  # a Hugging Face BERT folder to start from
+  c.init.hf = ""  # a Hugging Face BERT folder to start from (its architecture and tokenizer)
+  c.init.hf_parity = False  # check the import against transformers first (needs torch)
   c.init.checkpoint = ""  # a mebert workdir whose (latest) params to start from
   return c

