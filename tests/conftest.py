@@ -9,6 +9,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 8)
+# Tests run tiny models, where XLA's optimisation passes cost far more time than they save, and
+# many tests compile the same programs: skip most passes and cache compiled programs on disk.
+jax.config.update("jax_disable_most_optimizations", True)
+jax.config.update("jax_compilation_cache_dir",
+                  os.environ.get("MEBERT_TEST_JAX_CACHE", "/tmp/mebert-test-jax-cache"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 from absl import flags  # noqa: E402
 
