@@ -162,6 +162,8 @@ def embed_sentences(encoder: Encoder, sentences: list[str], *, pooling: str = "m
   import jax
   from tqdm import tqdm
 
+  from mebert.interop import hf_names
+
   cfg = encoder.cfg
   if pooling not in POOLINGS:
     raise ValueError(f"pooling={pooling!r} is not one of {POOLINGS}")
@@ -172,8 +174,12 @@ def embed_sentences(encoder: Encoder, sentences: list[str], *, pooling: str = "m
   ids, types = encoder.tokenize(sentences, max_length)
   lengths = np.array([len(r) for r in ids])
   order = np.argsort(lengths, kind="stable")
+  params = {"bert": jax.tree.map(lambda x: np.asarray(x, cfg.storage_dtype), encoder.params)}
+  if tuple(layers) == (-1,):  # only the last layer: scan them, one layer body to compile
+    cfg = cfg.replace(scan_layers=True)
+    params = hf_names.stack_layers(params, cfg.num_layers)
   fn = _embed_fn(cfg, pooling, tuple(layers), normalize)
-  params = jax.device_put(jax.tree.map(lambda x: np.asarray(x, cfg.storage_dtype), encoder.params))
+  params = jax.device_put(params["bert"])
   out = np.zeros((len(sentences), cfg.hidden_size * len(layers)), np.float32)
   bar = tqdm(total=len(sentences), unit="sent", file=sys.stderr, disable=not progress)
   for start in range(0, len(order), batch_size):

@@ -3,7 +3,8 @@
 Every import and export calls this when torch and transformers are importable (otherwise it logs that
 it skipped). Both sides run in float32 on a padded batch of varied lengths with a sentence pair, and
 every output the converted weights determine is compared at real (non-padding) positions: the last
-hidden state, and the pooler, MLM, NSP and classifier logits when the weights hold them. Padding
+hidden state, and the pooler, MLM, NSP and classifier logits when the weights hold them. mebert
+runs with scanned layers (params stacked here), so the gate also checks the scan layout. Padding
 rows are excluded because the two implementations need not agree there (mebert lets a padding
 query attend to nothing; transformers lets it attend to the real keys), and nothing reads them.
 """
@@ -16,6 +17,7 @@ import os
 
 import numpy as np
 
+from mebert.interop import hf_names
 from mebert.interop.errors import InteropError
 from mebert.model.config import ModelConfig
 
@@ -98,10 +100,13 @@ def mebert_outputs(cfg: ModelConfig, params: dict, batch: dict, *, task_kind: st
   """The outputs the params determine, computed by mebert in float32 at full matmul precision."""
   import jax
 
+  # Scanned layers: one compiled layer body, so the gate compiles fast even for deep models.
   cfg32 = cfg.replace(dtype="float32", param_dtype="float32", attention_backend="xla",
-                      remat_policy="none", scan_layers=False)
+                      remat_policy="none", scan_layers=True)
   params = {k: v for k, v in params.items() if k in ("bert", "cls", "classifier")}
   params = jax.tree.map(lambda x: np.asarray(x, np.float32), params)
+  if not hf_names.is_stacked(params):
+    params = hf_names.stack_layers(params, cfg.num_layers)
   forward = _forward(cfg32, task_kind, "cls" in params, "classifier" in params)
   with jax.default_matmul_precision("highest"):
     out = forward(params, batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
