@@ -8,25 +8,10 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from mebert.interop import hf_import
 from mebert.interop.errors import InteropError
 from mebert.interop.hf_export import export_hf
 from mebert.interop.hf_import import load_hf_bert
-from mebert.model.config import ModelConfig
-
-VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "a", "film", "is", "good", "bad",
-         "not", ",", ".", "!", "##s", "##ly"] + [f"w{i}" for i in range(47)]
-CFG = ModelConfig(vocab_size=len(VOCAB), hidden_size=32, num_layers=2, num_heads=4,
-                  intermediate_size=64, max_position_embeddings=64)
-
-
-def random_params(cfg, num_labels=None, seed=0):
-  rng = np.random.default_rng(seed)
-  from mebert.interop import hf_names
-
-  shapes = hf_import._expected_shapes(cfg, num_labels)  # pylint: disable=protected-access
-  return hf_names.unflatten({p: rng.normal(0, 0.05, s).astype(np.float32) for p, s in shapes.items()})
-
+from tiny_models import CFG, VOCAB, random_params  # pylint: disable=import-error
 
 @pytest.fixture
 def folder(tmp_path):

@@ -42,7 +42,7 @@ def tiny_workdir(tmp_path_factory):
   pytest.importorskip("orbax.checkpoint")
   from mebert.interop.hf_export import export_hf
   from mebert.interop.workdir import import_to_workdir
-  from test_damaged import CFG, VOCAB, random_params  # pylint: disable=import-error
+  from tiny_models import CFG, VOCAB, random_params  # pylint: disable=import-error
 
   root = tmp_path_factory.mktemp("tiny")
   (root / "vocab.txt").write_text("\n".join(VOCAB) + "\n", encoding="utf-8")

@@ -46,7 +46,7 @@ def test_converted_tokenizer_matches_the_pipeline(spm_model, shared_data):
 
 
 def test_export_with_spm_vocab_loads_in_transformers(spm_model, shared_data, tmp_path):
-  from test_damaged import random_params  # pylint: disable=import-error
+  from tiny_models import random_params  # pylint: disable=import-error
   from mebert.model.config import ModelConfig
 
   tok = spm_to_tokenizer(spm_model)
