@@ -10,6 +10,9 @@ only place that says which mesh axis each name lands on.
 
 from __future__ import annotations
 
+import collections
+import functools
+import logging
 import math
 
 import flax.linen as nn
@@ -17,7 +20,10 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+log = logging.getLogger(__name__)
+
 MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")  # the batch dimension is split over both
 
 # (logical name, mesh axis or axes). Parameter names first, then activation-only names.
 DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
@@ -78,7 +84,7 @@ def make_mesh(mesh_config, devices=None) -> Mesh:
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, P(("data", "fsdp")))
+  return NamedSharding(mesh, P(BATCH_AXES))
 
 
 def data_parallel_size(mesh: Mesh) -> int:
@@ -86,16 +92,100 @@ def data_parallel_size(mesh: Mesh) -> int:
 
 
 def logical_shardings(abstract_tree, mesh: Mesh, rules) -> object:
-  """NamedShardings for a tree of (possibly LogicallyPartitioned) abstract values."""
+  """NamedShardings for a tree of (possibly LogicallyPartitioned) abstract values.
+
+  A dimension that its mesh axes do not divide evenly (BERT's 30522-token vocabulary over a
+  4-way "tensor" axis) cannot be an argument or output sharding of jit; such a dimension keeps only
+  the leading mesh axes that do divide it (often none), with a warning, instead of failing.
+  """
   specs = nn.get_partition_spec(abstract_tree)
-  return nn.logical_to_mesh_sharding(specs, mesh, rules)
+  shardings = nn.logical_to_mesh_sharding(specs, mesh, rules)
+  shapes = strip_boxes(abstract_tree)
+  return jax.tree.map(lambda s, a: _divisible(s, tuple(getattr(a, "shape", ()))), shardings, shapes,
+                      is_leaf=lambda x: isinstance(x, NamedSharding))
+
+
+def _divisible(sharding: NamedSharding, shape: tuple[int, ...]) -> NamedSharding:
+  spec, changed = list(sharding.spec), False
+  for dim, axes in enumerate(spec[:len(shape)]):
+    if axes is None:
+      continue
+    names = (axes,) if isinstance(axes, str) else tuple(axes)
+    kept: list[str] = []
+    for name in names:
+      if shape[dim] % (math.prod(sharding.mesh.shape[a] for a in kept) * sharding.mesh.shape[name]):
+        break
+      kept.append(name)
+    if len(kept) < len(names):
+      changed = True
+      spec[dim] = None if not kept else kept[0] if len(kept) == 1 else tuple(kept)
+      _warn_indivisible(shape, dim, names, tuple(kept))
+  return NamedSharding(sharding.mesh, P(*spec), memory_kind=sharding.memory_kind) if changed else sharding
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_indivisible(shape, dim, names, kept) -> None:
+  log.warning("dimension %d (size %d) of a %s parameter is not divisible by mesh axes %s; sharding "
+              "it over %s instead (pad it, e.g. the vocabulary to a multiple of 128, to shard it)",
+              dim, shape[dim], shape, names, kept or "nothing")
+
+
+def partition_specs(shardings) -> dict[str, list]:
+  """{"bert/embeddings/word_embeddings/embedding": ["tensor", "fsdp"], ...}: a flat, readable view
+  of a tree of NamedShardings (the golden-file test and --mode=compile print it)."""
+  flat = jax.tree_util.tree_flatten_with_path(
+      shardings, is_leaf=lambda x: isinstance(x, NamedSharding))[0]
+  out = {}
+  for path, sharding in flat:
+    key = "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+    out[key] = [list(a) if isinstance(a, tuple) else a for a in sharding.spec]
+  return out
 
 
 def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-  """Assembles each process's rows into one global array split over the batch axes."""
+  """Assembles each process's rows into one global array split over the batch axes.
+
+  Every process passes its own rows (train.batch_size / process_count of them: the data pipeline
+  gives each process a disjoint share of the global stream); the global array holds all of them.
+  """
   sharding = batch_sharding(mesh)
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-          for k, v in local_batch.items()}
+  shards_here = process_batch_shards(mesh)
+  out = {}
+  for key, value in local_batch.items():
+    value = np.asarray(value)
+    global_shape = (value.shape[0] * data_parallel_size(mesh) // shards_here,) + value.shape[1:]
+    out[key] = jax.make_array_from_process_local_data(sharding, value, global_shape)
+  return out
+
+
+@functools.lru_cache(maxsize=16)
+def process_batch_shards(mesh: Mesh) -> int:
+  """How many of the data*fsdp batch shards this process's devices hold.
+
+  Checks the layout the trainer relies on: processes hold disjoint, equally many batch shards. A
+  batch shard spanning processes means the "tensor" axis crosses hosts, where every process of a
+  tensor group would have to read the same rows; that is refused with the fix named.
+  """
+  holders: dict[int, set[int]] = {}  # batch shard index -> processes holding a device of it
+  data_dim, fsdp_dim = mesh.axis_names.index("data"), mesh.axis_names.index("fsdp")
+  for position, device in np.ndenumerate(mesh.devices):
+    shard = position[data_dim] * mesh.shape["fsdp"] + position[fsdp_dim]
+    holders.setdefault(shard, set()).add(device.process_index)
+  shared = {s: p for s, p in holders.items() if len(p) > 1}
+  if shared:
+    shard, processes = min(shared.items())
+    raise ValueError(
+        f"mesh {dict(mesh.shape)}: batch shard {shard} spans processes {sorted(processes)}; keep "
+        f"the \"tensor\" axis within one process (mesh.tensor must divide the "
+        f"{jax.local_device_count()} local devices)")
+  counts = collections.Counter(next(iter(p)) for p in holders.values())
+  if len(set(counts.values())) > 1:
+    raise ValueError(f"mesh {dict(mesh.shape)}: processes hold unequal numbers of batch shards "
+                     f"({dict(counts)})")
+  here = counts.get(jax.process_index(), 0)
+  if not here:
+    raise ValueError(f"mesh {dict(mesh.shape)} holds no device of process {jax.process_index()}")
+  return here
 
 
 def strip_boxes(tree):

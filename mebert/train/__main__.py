@@ -1,8 +1,9 @@
 """The one entrypoint: `python -m mebert.train --config=configs/pretrain/tiny.py --workdir=DIR`.
 
 Modes: train (default; resumes from the workdir), eval (restores a checkpoint, prints one JSON line
-of metrics), compile (lowers and compiles the train step for the configured mesh, prints memory
-and FLOPs). Overrides: --config.train.num_steps=100 --config.model.num_layers=2 ...
+of metrics), predict (fine-tuning configs: see mebert.tasks.finetune), compile (lowers and compiles
+the train step for the configured mesh, prints memory and FLOPs).
+Overrides: --config.train.num_steps=100 --config.model.num_layers=2 ...
 """
 
 from __future__ import annotations
@@ -17,8 +18,12 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config fil
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and the vocabulary "
                                "(local path or gs://).")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "compile"], "What to do.")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step for --mode=eval (default: latest).")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "compile", "predict"], "What to do "
+                          "(predict: fine-tuning configs only).")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step for --mode=eval (default: latest; "
+                             "fine-tuning: the best).")
+_INPUT = flags.DEFINE_string("input", None, "--mode=predict: the file to label.")
+_OUTPUT = flags.DEFINE_string("output", None, "--mode=predict: where to write (JSONL or TSV).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -30,7 +35,14 @@ def main(argv):
 
   distributed.initialize_from_environment()
   config = _CONFIG.value
-  if _MODE.value == "train":
+  if "task" in config:  # fine-tuning; --workdir=W1,W2,... in eval/predict is an ensemble
+    from mebert.tasks import finetune
+
+    metrics = finetune.run(config, _WORKDIR.value, _MODE.value, step=_STEP.value,
+                           input_path=_INPUT.value, output_path=_OUTPUT.value)
+  elif _MODE.value == "predict":
+    raise ValueError("--mode=predict needs a fine-tuning config (one with a task section)")
+  elif _MODE.value == "train":
     metrics = trainer.train_and_evaluate(config, _WORKDIR.value)
   elif _MODE.value == "eval":
     metrics = trainer.evaluate_checkpoint(config, _WORKDIR.value, _STEP.value)

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import logging
 
-import grain
+import jax
 import orbax.checkpoint as ocp
 from etils import epath
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
+
+from mebert.train import distributed
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +63,7 @@ class Checkpointer:
                                    "nonfinite_total": state.nonfinite_total}),
         config=ocp.args.JsonSave(config_dict))
     if data_iterator is not None:
-      items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+      items["data"] = distributed.DataSave(data_iterator)  # grain's files; elastic restore
     try:
       return self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=force)
     except (OSError, ValueError) as e:
@@ -94,7 +96,7 @@ class Checkpointer:
                                       "nonfinite_in_row": abstract_state.nonfinite_in_row,
                                       "nonfinite_total": abstract_state.nonfinite_total}))
     if data_iterator is not None:
-      items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+      items["data"] = distributed.DataRestore(data_iterator)  # any process count
     restored = self.manager.restore(step, args=ocp.args.Composite(**items))
     opt = restored["opt"]
     return abstract_state.replace(
@@ -124,11 +126,24 @@ def restore_params(workdir: str, step: int | None = None, abstract_params=None):
   return params, config_dict
 
 
+def _local_target(step_dir: epath.Path):
+  """Abstract params on this process's first device, read from the checkpoint's own metadata.
+
+  Orbax refuses a target-less restore of a checkpoint written on another topology (a pod's
+  checkpoint on a laptop, a 2-process run's in one process); a whole-array target on one local
+  device restores from any topology.
+  """
+  metadata = ocp.StandardCheckpointHandler().metadata(step_dir / "params")
+  tree = getattr(metadata, "tree", metadata)
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree)
+
+
 def restore_params_and_step(workdir: str, step: int | None = None, abstract_params=None):
   """(params, config_dict, step) from a workdir's checkpoint, latest readable by default.
 
-  Without `abstract_params` arrays come back as host-local, replicated jax arrays; pass an abstract
-  tree with shardings to restore straight onto a mesh.
+  Without `abstract_params` arrays come back whole on this process's first device (from a checkpoint
+  of any topology); pass an abstract tree with shardings to restore straight onto a mesh.
   """
   directory = checkpoint_dir(workdir)
   if not directory.exists():
@@ -143,8 +158,8 @@ def restore_params_and_step(workdir: str, step: int | None = None, abstract_para
   failures = []
   for s in candidates:
     try:
-      params_args = (ocp.args.StandardRestore(abstract_params) if abstract_params is not None
-                     else ocp.args.StandardRestore())
+      target = abstract_params if abstract_params is not None else _local_target(directory / str(s))
+      params_args = ocp.args.StandardRestore(target)
       restored = manager.restore(s, args=ocp.args.Composite(params=params_args,
                                                             config=ocp.args.JsonRestore()))
       manager.close()
