@@ -1,0 +1,34 @@
+"""CoNLL-2003 English NER (IOB2 tags, entity-level F1) from all-MiniLM-L6-v2.
+
+  python -m mebert.train --config=configs/finetune/conll03.py --workdir=runs/conll03
+  python -m mebert.train --config=configs/finetune/conll03.py --workdir=runs/conll03 \
+      --mode=predict --input=sentences.conll --output=tags.tsv
+
+Each word's tag sits on its first piece; predictions are read there and mapped back to the words,
+one tag per input word (words cut off by data.seq_len get task.truncated_tag, "O").
+Arguments: none (../shared/data/conll2003 train.txt / valid.txt) or "tfds" (conll2003).
+"""
+
+from mebert.tasks.defaults import finetune_defaults, minilm_folder, shared_data
+
+
+def get_config(arg=None):
+  c = finetune_defaults()
+  c.task.kind = "token_classification"
+  c.task.text_column, c.task.label_column = "tokens", "ner_tags"  # JSONL / TFDS names
+  if arg == "tfds":
+    c.data.train_files, c.data.eval_files = "tfds:conll2003@train", "tfds:conll2003@dev"
+  else:
+    c.data.train_files = shared_data("conll2003", "train.txt")
+    c.data.eval_files = shared_data("conll2003", "valid.txt")
+  c.data.conll_word_column, c.data.conll_tag_column = 0, 3
+  c.data.seq_len = 128
+  c.init.hf = minilm_folder()
+  c.train.num_epochs = 3.0
+  c.train.learning_rate = 5e-5
+  c.train.batch_size = 32
+  c.eval.every_steps = 0
+  c.eval.batch_size = 128
+  c.early_stopping.metric = "span_f1"
+  c.early_stopping.patience = 2
+  return c

@@ -1,0 +1,44 @@
+"""Task heads on the encoder, with Hugging Face's parameter layout: {"bert": <BertModel>,
+"classifier": {"kernel" [H, C], "bias" [C]}} as BertForSequenceClassification /
+BertForTokenClassification, so mebert.interop exports a fine-tuned workdir as either.
+
+Sequence tasks read the pooled [CLS] vector (tanh pooler), token tasks every position; dropout sits
+before the classifier. Regression is a sequence head with one output. Logits come back in float32.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from mebert.model.config import ModelConfig
+from mebert.model.encoder import BertModel
+
+
+class BertForTask(nn.Module):
+  """Logits [B, C] (sequence tasks) or [B, L, C] (token_classification)."""
+
+  config: ModelConfig
+  kind: str
+  num_outputs: int
+  classifier_dropout: float = -1.0  # < 0: config.dropout_rate, as Hugging Face does
+  deterministic: bool = True
+
+  @nn.compact
+  def __call__(self, input_ids, token_type_ids=None, segment_ids=None):
+    cfg = self.config
+    out = BertModel(cfg, self.deterministic, name="bert")(input_ids, token_type_ids, segment_ids)
+    x = out.sequence_output if self.kind == "token_classification" else out.pooled_output
+    rate = cfg.dropout_rate if self.classifier_dropout < 0 else self.classifier_dropout
+    x = nn.Dropout(rate, deterministic=self.deterministic)(x)
+    logits = nn.Dense(
+        self.num_outputs, dtype=cfg.compute_dtype, param_dtype=cfg.storage_dtype,
+        name="classifier",
+        kernel_init=nn.with_logical_partitioning(
+            nn.initializers.normal(cfg.initializer_range), ("embed", "classes")),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("classes",)))(x)
+    return logits.astype(jnp.float32)
+
+
+def num_outputs(kind: str, labels) -> int:
+  return 1 if kind == "regression" else len(labels)

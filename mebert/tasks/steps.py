@@ -1,0 +1,106 @@
+"""The pure fine-tuning steps: train (loss, gradient accumulation, non-finite skip) and predict.
+
+Same contract as mebert.train.steps: module-level functions whose static parts (model, optimizer,
+schedule, task kind) are bound with functools.partial and jitted once per bucket shape, with
+explicit shardings and the state donated. Losses are sums over real rows / labelled tokens divided
+by whole-batch counts, so padding rows (weight 0) and accumulation leave the update unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from mebert.train.steps import TrainState
+
+INPUTS = ("input_ids", "token_type_ids", "segment_ids")
+
+
+def _weights(batch: dict, kind: str):
+  if kind == "token_classification":  # labelled first pieces of words in real rows
+    return (batch["labels"] >= 0).astype(jnp.float32) * batch["weights"][:, None]
+  return batch["weights"]
+
+
+def task_sums(params, batch: dict, model: nn.Module, rng, kind: str, total):
+  """(loss, sums): loss is this (micro-)batch's share of the whole batch's mean loss."""
+  logits = model.apply({"params": params}, *(batch[k] for k in INPUTS), rngs={"dropout": rng})
+  w = _weights(batch, kind)
+  labels = batch["labels"]
+  if kind == "regression":
+    per_item = (logits[..., 0] - labels.astype(jnp.float32)) ** 2
+    correct = jnp.zeros_like(per_item)
+  else:
+    log_probs = jax.nn.log_softmax(logits, axis=-1)
+    safe = jnp.maximum(labels, 0)[..., None]
+    per_item = -jnp.take_along_axis(log_probs, safe, axis=-1)[..., 0]
+    correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+  sums = {"loss_sum": jnp.sum(per_item * w), "correct": jnp.sum(correct * w),
+          "count": jnp.sum(w), "examples": jnp.sum(batch["weights"]),
+          "tokens": jnp.asarray(batch["input_ids"].size, jnp.float32),
+          "real_tokens": jnp.sum((batch["segment_ids"] != 0).astype(jnp.float32))}
+  return sums["loss_sum"] / jnp.maximum(total, 1.0), sums
+
+
+def train_step(state: TrainState, batch: dict, seed: jax.Array, *, model: nn.Module,
+               tx: optax.GradientTransformation, schedule: Callable, kind: str,
+               grad_accum_steps: int = 1) -> tuple[TrainState, dict]:
+  """`seed` is traced (an int32 scalar), so runs that differ only in seed share one compile.
+  Dropout uses RngBitGenerator keys: threefry's bit generation costs more to compile than the rest
+  of a small model's step, and runs slower too."""
+  rng = jax.random.fold_in(jax.random.key(seed, impl="rbg"), state.step)
+  total = jnp.sum(_weights(batch, kind))
+  grad_fn = jax.grad(task_sums, has_aux=True)
+  if grad_accum_steps == 1:
+    grads, sums = grad_fn(state.params, batch, model, rng, kind, total)
+  else:
+    micro = jax.tree.map(
+        lambda x: x.reshape(grad_accum_steps, x.shape[0] // grad_accum_steps, *x.shape[1:]), batch)
+
+    def accumulate(carry, inputs):
+      index, micro_batch = inputs
+      g, s = grad_fn(state.params, micro_batch, model, jax.random.fold_in(rng, index), kind, total)
+      return jax.tree.map(jnp.add, carry, (g, s)), None
+
+    shapes = jax.eval_shape(lambda: grad_fn(state.params, jax.tree.map(lambda x: x[0], micro),
+                                            model, rng, kind, total))
+    zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
+    (grads, sums), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(grad_accum_steps), micro))
+
+  loss = sums["loss_sum"] / jnp.maximum(total, 1.0)
+  grad_norm = optax.global_norm(grads)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+  new_state = TrainState(
+      step=state.step + 1, params=keep(params, state.params),
+      opt_state=keep(opt_state, state.opt_state),
+      nonfinite_in_row=jnp.where(finite, 0, state.nonfinite_in_row + 1),
+      nonfinite_total=state.nonfinite_total + (~finite).astype(jnp.int32))
+  metrics = dict(sums, loss=loss, grad_norm=grad_norm, learning_rate=schedule(state.step),
+                 nonfinite_in_row=new_state.nonfinite_in_row, steps=jnp.ones((), jnp.float32))
+  return new_state, metrics
+
+
+def predict_step(params, batch: dict, *, model: nn.Module, kind: str):
+  """Probabilities [B, C] / [B, L, C], or regression scores [B] (deterministic model)."""
+  logits = model.apply({"params": params}, *(batch[k] for k in INPUTS))
+  if kind == "regression":
+    return logits[..., 0]
+  return jax.nn.softmax(logits, axis=-1)
+
+
+def summarize(sums: dict, kind: str) -> dict:
+  steps = float(sums.get("steps", 1.0)) or 1.0
+  count = max(float(sums["count"]), 1.0)
+  out = {"loss": float(sums["loss_sum"]) / count,
+         "grad_norm": float(sums["grad_norm"]) / steps,
+         "learning_rate": float(sums["learning_rate"]) / steps}
+  if kind != "regression":
+    out["accuracy"] = float(sums["correct"]) / count
+  return out
