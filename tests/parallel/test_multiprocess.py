@@ -1,0 +1,120 @@
+"""Many processes, end to end through launch/local.sh: two processes with two CPU devices each
+pretrain the tiny model with checkpoints; the checkpoint then resumes on one process with four
+devices and on four processes with one device each. The restored parameters are the saved ones,
+both continuations train identically, and the example stream over the whole run is exactly the
+uninterrupted single-process stream: no example repeated or skipped (counted by example_ids)."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+import parallel_helpers as H
+
+OVERRIDES = {
+    "model.hidden_size": 32, "model.num_layers": 1, "model.num_heads": 2,
+    "model.intermediate_size": 64, "model.max_position_embeddings": 32,
+    "data.vocab_size": 400, "data.seq_len": 32, "data.max_predictions_per_seq": 5,
+    "train.batch_size": 8, "train.warmup_steps": 2, "train.log_every": 1,
+    "checkpoint.every_steps": 2, "eval.every_steps": 1000, "eval.num_batches": 1,
+    "eval.batch_size": 8,
+}
+SAVED_AT, FINAL = 4, 8
+
+
+def _config(**extra):
+  config = H.load_config("tiny")
+  for key, value in {**OVERRIDES, **extra}.items():
+    section, name = key.split(".")
+    config[section][name] = value
+  return config
+
+
+def _launch(num_processes: int, workdir, num_steps: int):
+  flags = ["--config=configs/pretrain/tiny.py", f"--workdir={workdir}",
+           f"--config.train.num_steps={num_steps}"]
+  flags += [f"--config.{k}={v}" for k, v in OVERRIDES.items()]
+  env = dict(os.environ, PYTHON=sys.executable, MEBERT_TOTAL_CPU_DEVICES="4", QUIET="1",
+             MEBERT_RECORD_EXAMPLE_IDS="1", LOG_DIR=str(workdir / "logs" / f"n{num_processes}"))
+  out = subprocess.run(["bash", str(H.REPO / "launch" / "local.sh"), str(num_processes), *flags],
+                       cwd=H.REPO, env=env, capture_output=True, text=True, timeout=1200)
+  logs = "\n".join(p.read_text()[-3000:] for p in sorted((workdir / "logs").rglob("*.log")))
+  assert out.returncode == 0, f"{out.stdout[-2000:]}\n{out.stderr[-2000:]}\n{logs}"
+  return logs
+
+
+def _train_metrics(workdir) -> dict[int, dict]:
+  import json
+
+  records = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  return {r["step"]: r for r in records if r["split"] == "train"}
+
+
+def _expected_stream(workdir, num_steps: int) -> dict[int, list[int]]:
+  """example_ids of each global batch of one uninterrupted single-process run."""
+  from mebert.data.pipeline import make_pretraining_iterator
+  from mebert.data.tokenizer import ensure_tokenizer
+
+  config = _config()
+  tokenizer = ensure_tokenizer(config.data, str(workdir))  # the vocabulary process 0 trained
+  iterator = make_pretraining_iterator(config.data, tokenizer, split="train", batch_size=8,
+                                       seed=config.seed)
+  return {step: sorted(int(i) for i in next(iterator)["example_ids"])
+          for step in range(1, num_steps + 1)}
+
+
+@pytest.mark.slow
+def test_two_processes_checkpoint_then_resume_on_one_and_on_four(tmp_path):
+  from mebert.train import checkpoints, compile_report, distributed
+
+  first = tmp_path / "two_by_two"
+  _launch(2, first, SAVED_AT)
+  assert sorted(int(p.name) for p in (first / "checkpoints").iterdir() if p.name.isdigit()) == [2, 4]
+  assert sorted(p.name for p in (first / "example_ids").iterdir()) == [
+      "process_0-of-2.jsonl", "process_1-of-2.jsonl"]
+  assert sorted(p.name for p in (first / "checkpoints" / "4" / "data").glob("*.json")) == [
+      "process_0-of-2.json", "process_1-of-2.json"]
+  # Process 0 alone writes metrics and logs its progress; process 1 only warns.
+  assert sorted(_train_metrics(first)) == [1, 2, 3, 4]
+  process_1_log = next((first / "logs").rglob("process_1.log")).read_text()
+  assert "pretrain:" not in process_1_log and "resumed" not in process_1_log
+
+  # The checkpoint restores exactly, onto another mesh on other devices (trainer's restore path).
+  saved, _ = checkpoints.restore_params(str(first), SAVED_AT)
+  config = _config(**{"mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2})
+  exp = compile_report.experiment(config, str(first))
+  step, state = checkpoints.Checkpointer(str(first)).restore_latest(exp.abstract_state, None)
+  assert step == SAVED_AT and int(state.step) == SAVED_AT
+  for a, b in zip(jax.tree.leaves(saved), jax.tree.leaves(state.params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  saved_norm = float(optax.global_norm(saved))
+
+  expected = _expected_stream(first, FINAL)
+  all_ids = [i for ids in expected.values() for i in ids]
+  assert len(set(all_ids)) == len(all_ids) == 8 * FINAL  # the stream itself has no repeats here
+
+  resumed = {}
+  for processes in (1, 4):
+    workdir = tmp_path / f"resumed_on_{processes}"
+    shutil.copytree(first, workdir, ignore=shutil.ignore_patterns("logs"))
+    logs = _launch(processes, workdir, FINAL)
+    assert f"resumed from checkpoint step {SAVED_AT}" in logs
+    assert "checkpoint written by 2 processes" in logs
+    metrics = _train_metrics(workdir)
+    assert sorted(metrics) == list(range(1, FINAL + 1))
+    # The first step after the restore saw exactly the saved parameters.
+    np.testing.assert_allclose(metrics[SAVED_AT + 1]["param_norm"], saved_norm, rtol=1e-6)
+    # Steps 1-4 on two processes, 5-8 on `processes`: together, the uninterrupted stream.
+    assert distributed.read_example_ids(str(workdir)) == expected, processes
+    resumed[processes] = (metrics, checkpoints.restore_params(str(workdir), FINAL)[0])
+
+  (metrics_1, params_1), (metrics_4, params_4) = resumed[1], resumed[4]
+  for step in range(SAVED_AT + 1, FINAL + 1):
+    np.testing.assert_allclose(metrics_4[step]["loss"], metrics_1[step]["loss"], atol=1e-5)
+  for a, b in zip(jax.tree.leaves(params_1), jax.tree.leaves(params_4)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
