@@ -35,9 +35,10 @@ def _config(**extra):
   return config
 
 
-def _launch(num_processes: int, workdir, num_steps: int):
+def _launch(num_processes: int, workdir, num_steps: int, mesh: tuple[int, int, int]):
   flags = ["--config=configs/pretrain/tiny.py", f"--workdir={workdir}",
            f"--config.train.num_steps={num_steps}"]
+  flags += [f"--config.mesh.{axis}={size}" for axis, size in zip(("data", "fsdp", "tensor"), mesh)]
   flags += [f"--config.{k}={v}" for k, v in OVERRIDES.items()]
   env = dict(os.environ, PYTHON=sys.executable, MEBERT_TOTAL_CPU_DEVICES="4", QUIET="1",
              MEBERT_RECORD_EXAMPLE_IDS="1", LOG_DIR=str(workdir / "logs" / f"n{num_processes}"))
@@ -73,7 +74,7 @@ def test_two_processes_checkpoint_then_resume_on_one_and_on_four(tmp_path):
   from mebert.train import checkpoints, compile_report, distributed
 
   first = tmp_path / "two_by_two"
-  _launch(2, first, SAVED_AT)
+  _launch(2, first, SAVED_AT, mesh=(1, 2, 2))  # FSDP across the processes, tensor within each
   assert sorted(int(p.name) for p in (first / "checkpoints").iterdir() if p.name.isdigit()) == [2, 4]
   assert sorted(p.name for p in (first / "example_ids").iterdir()) == [
       "process_0-of-2.jsonl", "process_1-of-2.jsonl"]
@@ -82,7 +83,8 @@ def test_two_processes_checkpoint_then_resume_on_one_and_on_four(tmp_path):
   # Process 0 alone writes metrics and logs its progress; process 1 only warns.
   assert sorted(_train_metrics(first)) == [1, 2, 3, 4]
   process_1_log = next((first / "logs").rglob("process_1.log")).read_text()
-  assert "pretrain:" not in process_1_log and "resumed" not in process_1_log
+  assert "pretrain:" not in process_1_log and "trained sentencepiece" not in process_1_log
+  assert "trained sentencepiece" in next((first / "logs").rglob("process_0.log")).read_text()
 
   # The checkpoint restores exactly, onto another mesh on other devices (trainer's restore path).
   saved, _ = checkpoints.restore_params(str(first), SAVED_AT)
@@ -99,10 +101,10 @@ def test_two_processes_checkpoint_then_resume_on_one_and_on_four(tmp_path):
   assert len(set(all_ids)) == len(all_ids) == 8 * FINAL  # the stream itself has no repeats here
 
   resumed = {}
-  for processes in (1, 4):
+  for processes, mesh in ((1, (1, 4, 1)), (4, (4, 1, 1))):  # other processes, other meshes
     workdir = tmp_path / f"resumed_on_{processes}"
     shutil.copytree(first, workdir, ignore=shutil.ignore_patterns("logs"))
-    logs = _launch(processes, workdir, FINAL)
+    logs = _launch(processes, workdir, FINAL, mesh)
     assert f"resumed from checkpoint step {SAVED_AT}" in logs
     assert "checkpoint written by 2 processes" in logs
     metrics = _train_metrics(workdir)
