@@ -160,8 +160,10 @@ def _read_text(path) -> list[Example]:
 def _decode(value):
   if isinstance(value, bytes):
     return value.decode("utf-8")
-  if isinstance(value, np.ndarray) and value.dtype.kind in "OS":
+  if isinstance(value, np.ndarray) and value.dtype.kind in "OSU":
     return [_decode(v) for v in value.tolist()]
+  if isinstance(value, (list, tuple)):  # a Sequence feature of strings
+    return [_decode(v) for v in value]
   return value
 
 
