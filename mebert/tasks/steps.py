@@ -8,7 +8,9 @@ by whole-batch counts, so padding rows (weight 0) and accumulation leave the upd
 
 from __future__ import annotations
 
-from typing import Callable
+import dataclasses
+import functools
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -104,3 +106,66 @@ def summarize(sums: dict, kind: str) -> dict:
   if kind != "regression":
     out["accuracy"] = float(sums["correct"]) / count
   return out
+
+
+# --- jitting: one compiled init and train step per (model, optimizer, mesh) -----------------------
+
+_OPTIMIZER_KEYS = ("optimizer", "learning_rate", "num_steps", "warmup_steps", "schedule",
+                   "end_learning_rate_ratio", "decay_power", "weight_decay", "b1", "b2", "eps",
+                   "clip_grad_norm", "layer_decay")
+
+
+def optimizer_key(resolved) -> str:
+  """What the optimizer and schedule depend on (resolved config), as a hashable string."""
+  import json
+
+  train = {k: v for k, v in resolved.train.to_dict().items() if k in _OPTIMIZER_KEYS}
+  return json.dumps({"train": train, "reduce_on_plateau": resolved.reduce_on_plateau.to_dict()},
+                    sort_keys=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class CompiledSteps:
+  abstract_state: Any  # ShapeDtypeStructs with shardings: the restore target
+  replicated: Any  # the sharding of the seed
+  init: Callable  # rng key -> TrainState
+  train_step: Callable  # (state, batch, seed) -> (state, metric sums)
+
+
+@functools.lru_cache(maxsize=4)
+def compiled_steps(train_model: nn.Module, eval_model: nn.Module, kind: str, optimizer_key: str,
+                   num_layers: int, accum: int, mesh, rules) -> CompiledSteps:
+  """The jitted init and train step (explicit shardings, state donated) shared by every run with
+  the same model, optimizer and mesh: the seeds of a sweep, or single-sentence and pair tasks of
+  one shape, compile once per bucket between them."""
+  import json
+
+  from jax.sharding import NamedSharding, PartitionSpec
+  from ml_collections import config_dict
+
+  from mebert.parallel import mesh as mesh_lib
+  from mebert.tasks import optim
+
+  resolved = config_dict.ConfigDict(json.loads(optimizer_key))
+  tx = optim.make_optimizer(resolved, num_layers)
+  schedule = optim.base_optimizer.learning_rate_schedule(resolved.train)
+
+  def init_state(rng):
+    ids = jnp.zeros((1, 8), jnp.int32)
+    params = eval_model.init(rng, ids, ids, jnp.ones_like(ids))["params"]
+    zero = lambda: jnp.zeros((), jnp.int32)  # distinct buffers: the state is donated as a whole
+    return TrainState(step=zero(), params=params, opt_state=tx.init(params),
+                      nonfinite_in_row=zero(), nonfinite_total=zero())
+
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    boxed = jax.eval_shape(init_state, jax.random.key(0, impl="rbg"))
+    shardings = mesh_lib.logical_shardings(boxed, mesh, rules)
+    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                            mesh_lib.strip_boxes(boxed), shardings)
+  replicated = NamedSharding(mesh, PartitionSpec())
+  step_fn = functools.partial(train_step, model=train_model, tx=tx, schedule=schedule, kind=kind,
+                              grad_accum_steps=accum)
+  jitted_step = jax.jit(step_fn, donate_argnums=0, out_shardings=(shardings, None),
+                        in_shardings=(shardings, mesh_lib.batch_sharding(mesh), replicated))
+  init = jax.jit(lambda rng: nn.unbox(init_state(rng)), out_shardings=shardings)
+  return CompiledSteps(abstract, replicated, init, jitted_step)

@@ -1,0 +1,120 @@
+"""Where a fine-tuning run's weights, architecture and tokenizer come from, and the config as run.
+
+A run starts from a Hugging Face folder (`init.hf`: its BertModel weights and tokenizer), a mebert
+workdir (`init.checkpoint`: params["bert"] of a pretraining or imported checkpoint, and its
+tokenizer), or `config.model` with random weights (`data.vocab` then names the tokenizer). The
+tokenizer is copied into WORKDIR/vocab/ and the resolved config (model, labels, vocab, step counts)
+is saved with every checkpoint, so the workdir alone serves eval, predict and resumption.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+
+from ml_collections import config_dict
+
+from mebert.model.config import ModelConfig
+from mebert.tasks import batching
+from mebert.train import checkpoints
+
+# ModelConfig keys a config may set on top of an initialising model (numerics and memory only).
+RUNTIME_KEYS = ("dtype", "param_dtype", "attention_backend", "remat_policy", "scan_layers")
+
+
+@dataclasses.dataclass
+class Source:
+  model_config: ModelConfig
+  vocab: str  # tokenizer file (or folder)
+  lowercase: bool
+  params: dict | None = None  # {"bert": ..., maybe "classifier"}; None = random init
+  labels: list[str] | None = None  # the source classifier's labels, if it has one
+  origin: str = "random init"
+
+
+def _runtime(config) -> dict:
+  return {k: config.model[k] for k in RUNTIME_KEYS}
+
+
+def load_source(config) -> Source:
+  """The initialising model: init.hf, init.checkpoint, or config.model (random)."""
+  lowercase = bool(config.data.lowercase)
+  if config.init.hf and config.init.checkpoint:
+    raise ValueError("set one of init.hf and init.checkpoint, not both")
+  if config.init.hf:
+    from mebert.interop.hf_import import load_hf_bert
+
+    cfg, params, report = load_hf_bert(config.init.hf, parity=bool(config.init.hf_parity),
+                                       heads=False, seed=int(config.seed), **_runtime(config))
+    vocab = config.data.vocab or report.tokenizer
+    if not vocab:
+      raise ValueError(f"init.hf={config.init.hf} has no tokenizer; set data.vocab")
+    return Source(cfg, vocab, lowercase, params, report.labels, f"init.hf={config.init.hf}")
+  if config.init.checkpoint:
+    from mebert.interop import hf_names
+    from mebert.interop.hf_export import normalize_params
+
+    src = config.init.checkpoint
+    params, saved = checkpoints.restore_params(src)
+    params = normalize_params(params)
+    table = params["bert"]["embeddings"]["word_embeddings"]["embedding"]
+    cfg = ModelConfig.from_dict(saved["model"], vocab_size=int(table.shape[0])).replace(
+        **_runtime(config))
+    if cfg.scan_layers:
+      params = hf_names.stack_layers(params, cfg.num_layers)
+    data = saved.get("data") or {}
+    vocab = config.data.vocab or data.get("vocab") or os.path.join(src, "vocab")
+    labels = (saved.get("task") or {}).get("labels")
+    return Source(cfg, vocab, bool(data.get("lowercase", lowercase)), params, labels,
+                  f"init.checkpoint={src}")
+  if not config.data.vocab:
+    raise ValueError("random init needs data.vocab (or set init.hf / init.checkpoint)")
+  tokenizer = batching.TaskTokenizer(batching.tokenizer_path(config.data.vocab), lowercase)
+  cfg = ModelConfig.from_dict(config.model, vocab_size=tokenizer.vocab_size)
+  return Source(cfg, config.data.vocab, lowercase)
+
+
+def resumed_source(saved: dict, workdir: str) -> Source:
+  """A resumed run keeps the model, tokenizer and labels its checkpoints were made with."""
+  return Source(ModelConfig.from_dict(saved["model"]), saved["data"]["vocab"],
+                bool(saved["data"]["lowercase"]), labels=[str(x) for x in saved["task"]["labels"]],
+                origin=f"resume {workdir}")
+
+
+def copy_vocab(path: str, workdir: str) -> str:
+  """Copies the tokenizer file into WORKDIR/vocab/; returns the copy's path."""
+  path = batching.tokenizer_path(path)
+  target_dir = os.path.join(workdir, "vocab")
+  os.makedirs(target_dir, exist_ok=True)
+  target = os.path.join(target_dir, os.path.basename(path))
+  if os.path.abspath(path) != os.path.abspath(target):
+    shutil.copy(path, target)
+    side = os.path.join(os.path.dirname(path), "tokenizer_config.json")  # vocab.txt's lowercasing
+    if path.endswith(".txt") and os.path.isfile(side):
+      shutil.copy(side, os.path.join(target_dir, "tokenizer_config.json"))
+  return target
+
+
+def saved_config(workdir: str) -> dict | None:
+  """The resolved config of this workdir's latest checkpoint, or None for a fresh run."""
+  if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+    return None
+  try:
+    _, saved = checkpoints.restore_params(workdir)
+  except checkpoints.CheckpointError:
+    return None
+  return saved
+
+
+def resolve_config(config, source: Source, labels: list[str], num_steps: int,
+                   warmup: int) -> config_dict.ConfigDict:
+  """The config as run: what eval/predict and resumption read back from the checkpoint."""
+  resolved = config_dict.ConfigDict(config.to_dict())
+  resolved.task.labels = list(labels)
+  resolved.model = config_dict.ConfigDict(dataclasses.asdict(source.model_config))
+  resolved.data.vocab = source.vocab
+  resolved.data.lowercase = source.lowercase
+  resolved.train.num_steps = num_steps
+  resolved.train.warmup_steps = warmup
+  return resolved
