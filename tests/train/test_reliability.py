@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 import pytest
-from tiny_run import REPO, read_losses, tiny_config
+from tiny_run import REPO, read_losses, subprocess_env, tiny_config
 
 from mebert.train import checkpoints, trainer
 
@@ -111,7 +111,7 @@ def test_sigterm_saves_the_current_step_and_exits_cleanly(tmp_path):
   args = [a for a in _tiny_flags() if not a.startswith(("--config.train.num_steps",
                                                         "--config.checkpoint.every_steps",
                                                         "--config.eval.every_steps"))]
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
+  env = subprocess_env()
   proc = subprocess.Popen(
       [sys.executable, "-m", "mebert.train", "--config=configs/pretrain/tiny.py",
        f"--workdir={tmp_path}", *args, *flags], cwd=REPO, env=env, stdout=subprocess.PIPE,

@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 import pytest
-from tiny_run import REPO, read_losses, tiny_config
+from tiny_run import REPO, read_losses, subprocess_env, tiny_config
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
@@ -67,7 +67,7 @@ def test_eval_mode_restores_and_reports(uninterrupted):
 
 
 def _cli(workdir, *flags, timeout=300):
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
+  env = subprocess_env()
   return subprocess.run(
       [sys.executable, "-m", "mebert.train", "--config=configs/pretrain/tiny.py",
        f"--workdir={workdir}", *flags], cwd=REPO, env=env, capture_output=True, text=True,
@@ -93,7 +93,8 @@ def _tiny_flags():
   return [f"--config.{section}.{key}={c[section][key]}"
           for section, key in (("model", "hidden_size"), ("model", "num_layers"),
                                ("model", "num_heads"), ("model", "intermediate_size"),
-                               ("model", "max_position_embeddings"), ("data", "vocab_size"),
+                               ("model", "max_position_embeddings"), ("model", "dropout_rate"),
+                               ("model", "attention_dropout_rate"), ("data", "vocab_size"),
                                ("data", "seq_len"), ("data", "max_predictions_per_seq"),
                                ("train", "batch_size"), ("train", "num_steps"),
                                ("train", "warmup_steps"), ("train", "log_every"),
@@ -105,7 +106,7 @@ def _tiny_flags():
 def test_sigkill_midway_then_rerun_matches_uninterrupted(uninterrupted, tmp_path):
   full_dir, _ = uninterrupted
   flags = _tiny_flags() + ["--config.checkpoint.async_save=False"]
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
+  env = subprocess_env()
   proc = subprocess.Popen(
       [sys.executable, "-m", "mebert.train", "--config=configs/pretrain/tiny.py",
        f"--workdir={tmp_path}", *flags], cwd=REPO, env=env, stdout=subprocess.DEVNULL,

@@ -32,3 +32,14 @@ def read_losses(workdir) -> dict[int, float]:
     if record["split"] == "train":
       losses[record["step"]] = record["loss"]  # a resumed run rewrites the steps it redoes
   return losses
+
+
+def subprocess_env() -> dict:
+  """The JAX settings of tests/conftest.py for a `python -m mebert.train` child process, so its
+  numbers can be compared bit for bit with a run made inside the test process."""
+  import os
+
+  return dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="8",
+              JAX_DISABLE_MOST_OPTIMIZATIONS="true", PYTHONPATH=str(REPO),
+              JAX_COMPILATION_CACHE_DIR=os.environ.get("MEBERT_TEST_JAX_CACHE",
+                                                       "/tmp/mebert-test-jax-cache"))
