@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from mebert.model.config import ModelConfig
+from mebert.model.dropout import Dropout
 
 
 def segment_mask(segment_ids: jax.Array) -> jax.Array:
@@ -118,7 +119,7 @@ class SelfAttention(nn.Module):
           q, k, v, bias=bias, mask=segment_mask(segment_ids),
           scale=1.0, implementation="cudnn" if backend == "cudnn" else None)
     else:
-      dropout = nn.Dropout(cfg.attention_dropout_rate, deterministic=not dropout_active)
+      dropout = Dropout(cfg.attention_dropout_rate, deterministic=not dropout_active)
       out = xla_attention(q, k, v, segment_mask(segment_ids), bias, dropout, cfg.compute_dtype)
     out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
     out = checkpoint_name(out, "attention_out")

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from mebert.model import positions as positions_lib
 from mebert.model.attention import SelfAttention
 from mebert.model.config import ModelConfig
+from mebert.model.dropout import Dropout
 
 
 def dense(cfg: ModelConfig, features: int, axes: tuple[str, str], name: str) -> nn.Dense:
@@ -83,7 +84,7 @@ class Embeddings(nn.Module):
       x = dense(cfg, cfg.hidden_size, ("fused_embed", "embed"), "fusion")(
           jnp.concatenate(parts, axis=-1))
     x = layer_norm(cfg, "LayerNorm")(x)
-    x = nn.Dropout(cfg.dropout_rate, deterministic=self.deterministic)(x)
+    x = Dropout(cfg.dropout_rate, deterministic=self.deterministic)(x)
     return constrain_hidden(x), position, word.embedding
 
 
@@ -98,7 +99,7 @@ class Output(nn.Module):
   def __call__(self, y, residual):
     cfg = self.config
     y = dense(cfg, cfg.hidden_size, (self.in_axis, "embed"), "dense")(y)
-    y = nn.Dropout(cfg.dropout_rate, deterministic=self.deterministic)(y) + residual
+    y = Dropout(cfg.dropout_rate, deterministic=self.deterministic)(y) + residual
     if not cfg.pre_layer_norm:
       y = layer_norm(cfg, "LayerNorm")(y)
     return constrain_hidden(y)

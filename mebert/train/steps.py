@@ -94,17 +94,25 @@ def train_step(state: TrainState, batch: dict, *, model: nn.Module,
     (grads, sums), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(grad_accum_steps), micro))
 
   grad_norm = optax.global_norm(grads)
+  param_norm = optax.global_norm(state.params)
   loss = sums["mlm_loss"] / jnp.maximum(mlm_total, 1.0) + sums["nsp_loss"] / jnp.maximum(nsp_total, 1.0)
-  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
-  # A non-finite step leaves parameters and optimizer moments untouched and is counted.
-  keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(param_norm)
+
+  def update(params, opt_state, grads):
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+  # A non-finite step leaves parameters and optimizer moments untouched and is counted. A cond
+  # rather than jnp.where(finite, new, old) over every leaf, and param_norm read by its predicate,
+  # so that XLA updates the donated buffers in place: with the where, and with param_norm unordered
+  # against the update, XLA:CPU copied the parameters and both Adam moments every step.
+  params, opt_state = jax.lax.cond(finite, update, lambda p, o, g: (p, o), state.params,
+                                   state.opt_state, grads)
   new_state = TrainState(
-      step=state.step + 1, params=keep(params, state.params), opt_state=keep(opt_state, state.opt_state),
+      step=state.step + 1, params=params, opt_state=opt_state,
       nonfinite_in_row=jnp.where(finite, 0, state.nonfinite_in_row + 1),
       nonfinite_total=state.nonfinite_total + (~finite).astype(jnp.int32))
-  metrics = dict(sums, loss=loss, grad_norm=grad_norm, param_norm=optax.global_norm(state.params),
+  metrics = dict(sums, loss=loss, grad_norm=grad_norm, param_norm=param_norm,
                  learning_rate=schedule(state.step), nonfinite_in_row=new_state.nonfinite_in_row,
                  steps=jnp.ones((), jnp.float32))
   return new_state, metrics
