@@ -143,6 +143,9 @@ def bucket_lengths(seq_len: int, buckets=()) -> tuple[int, ...]:
 
 
 def _bucket_index(lengths: np.ndarray, buckets: tuple[int, ...]) -> np.ndarray:
+  if len(lengths) and int(np.max(lengths)) > buckets[-1]:
+    raise ValueError(f"a row of {int(np.max(lengths))} tokens exceeds the largest bucket "
+                     f"{buckets[-1]}")
   return np.searchsorted(np.asarray(buckets), lengths, side="left")
 
 

@@ -87,6 +87,9 @@ def finetune_defaults() -> config_dict.ConfigDict:
   c.eval = config_dict.ConfigDict()
   c.eval.every_steps = 0  # 0 = once per epoch
   c.eval.batch_size = 64
+  # --mode=eval/predict: "int8" = per-channel int8 weights (mebert.compress.quantize); same as the
+  # --quantize=int8 flag. Training and its evals stay in float.
+  c.eval.quantize = "none"
 
   c.early_stopping = config_dict.ConfigDict()
   c.early_stopping.metric = "accuracy"  # any eval metric name, e.g. f1, pearson, span_f1, loss

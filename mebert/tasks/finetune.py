@@ -119,8 +119,8 @@ class FineTuning:
     data_lib.check_labels(self.dev_ex, self.labels, self.kind)
     self._encode()
     self._size()
-    self.rt = inference.Runtime(config, self.source.model_config, self.kind, self.labels)
-    self.rt.pad_id = self.tokenizer.pad_id
+    self.rt = inference.Runtime(config, self.source.model_config, self.kind, self.labels,
+                                self.tokenizer.pad_id)
     self.batch_size = self.rt.check_batch_size("train.batch_size", int(config.train.batch_size))
     self.eval_batch_size = self.rt.check_batch_size("eval.batch_size", int(config.eval.batch_size))
     accum = int(config.train.grad_accum_steps)

@@ -30,8 +30,10 @@ log = logging.getLogger(__name__)
 class Runtime:
   """Mesh, logical rules, train/eval models and the parameter shardings of one model."""
 
-  def __init__(self, config, model_config: ModelConfig, kind: str, labels: list[str]):
+  def __init__(self, config, model_config: ModelConfig, kind: str, labels: list[str],
+               pad_id: int = 0):
     self.config, self.model_config, self.kind, self.labels = config, model_config, kind, labels
+    self.pad_id = pad_id
     self.mesh = mesh_lib.make_mesh(config.mesh)
     self.rules = mesh_lib.rules_from_config(config.mesh)
     n = num_outputs(kind, labels)
@@ -110,23 +112,23 @@ def predict_probs(rt: Runtime, params, enc: batching.Encoded, batch_size: int, b
   """Per-example outputs in input order: [N, C] probabilities, [N] scores, or for token tasks a
   list of [num_words, C] arrays (words with no piece left after truncation: one-hot on
   truncated_tag)."""
-  pad = int(getattr(rt, "pad_id", 0))
   n = len(enc)
   token_task = rt.kind == "token_classification"
+  plan = batching.eval_batches(enc.lengths, buckets, batch_size)
+  with rt.sharding_context():  # dispatch every batch, then fetch: the host never waits in between
+    pending = [rt.predict_fn(params, rt.global_batch(
+        batching.make_batch(enc, rows, length, rt.kind, rt.pad_id))) for rows, length in plan]
   out = [None] * n if token_task else None
-  with rt.sharding_context():
-    for rows, length in batching.eval_batches(enc.lengths, buckets, batch_size):
-      batch = batching.make_batch(enc, rows, length, rt.kind, pad)
-      result = _gather(rt.predict_fn(params, rt.global_batch(batch)))
-      real = rows >= 0
-      if not token_task:
-        if out is None:
-          out = np.zeros((n,) + result.shape[1:], np.float32)
-        out[rows[real]] = result[real]
-        continue
-      for j in np.flatnonzero(real):
-        out[rows[j]] = _word_probs(result[j], enc.word_ids[rows[j]], int(enc.num_words[rows[j]]),
-                                   rt.labels, truncated_tag)
+  for (rows, _), device_result in zip(plan, pending):
+    result, real = _gather(device_result), rows >= 0
+    if not token_task:
+      if out is None:
+        out = np.zeros((n,) + result.shape[1:], np.float32)
+      out[rows[real]] = result[real]
+      continue
+    for j in np.flatnonzero(real):
+      out[rows[j]] = _word_probs(result[j], enc.word_ids[rows[j]], int(enc.num_words[rows[j]]),
+                                 rt.labels, truncated_tag)
   return out
 
 
@@ -220,17 +222,17 @@ def load_member(config, workdir: str, step: int | None = None) -> Member:
   table = params["bert"]["embeddings"]["word_embeddings"]["embedding"]
   model_config = ModelConfig.from_dict(saved["model"], vocab_size=int(table.shape[0])).replace(
       scan_layers=False)  # normalize_params unrolled any scanned layers
-  rt = Runtime(config, model_config, task["kind"], labels)
+  from mebert.tasks.sources import saved_vocab
+
+  data = saved.get("data") or {}
+  tokenizer = batching.TaskTokenizer(saved_vocab(saved, workdir), bool(data.get("lowercase", True)))
+  rt = Runtime(config, model_config, task["kind"], labels, tokenizer.pad_id)
   params = jax.device_put(jax.tree.map(lambda x: np.asarray(x, model_config.storage_dtype), params),
                           rt.param_shardings())
-  data = saved.get("data") or {}
-  vocab = data.get("vocab") or ""
-  if vocab and not os.path.isabs(vocab) and not os.path.exists(vocab):
-    vocab = os.path.join(workdir, vocab)
-  if not vocab:
-    raise ValueError(f"{workdir}: checkpoint config has no data.vocab to tokenize with")
-  tokenizer = batching.TaskTokenizer(batching.tokenizer_path(vocab), bool(data.get("lowercase", True)))
-  rt.pad_id = tokenizer.pad_id
+  if str(config.eval.get("quantize", "none")) != "none":  # int8 weights: mebert.compress
+    from mebert.compress.quantize import quantize_task_runtime
+
+    params = quantize_task_runtime(rt, params, str(config.eval.quantize), workdir)
   seq_len = int(config.data.seq_len)
   return Member(workdir, int(restored), task["kind"], labels, rt, params, tokenizer, seq_len)
 

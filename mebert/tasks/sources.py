@@ -75,9 +75,23 @@ def load_source(config) -> Source:
   return Source(cfg, config.data.vocab, lowercase)
 
 
+def saved_vocab(saved: dict, workdir: str) -> str:
+  """The tokenizer file of a checkpoint's config; a workdir that was moved or copied finds its
+  own WORKDIR/vocab/ copy."""
+  vocab = (saved.get("data") or {}).get("vocab") or ""
+  if not vocab:
+    raise ValueError(f"{workdir}: checkpoint config has no data.vocab to tokenize with")
+  if os.path.exists(vocab):
+    return batching.tokenizer_path(vocab)
+  local = os.path.join(workdir, "vocab", os.path.basename(vocab.rstrip("/")))
+  if os.path.exists(local):
+    return batching.tokenizer_path(local)
+  raise FileNotFoundError(f"{workdir}: tokenizer {vocab} not found (nor {local})")
+
+
 def resumed_source(saved: dict, workdir: str) -> Source:
   """A resumed run keeps the model, tokenizer and labels its checkpoints were made with."""
-  return Source(ModelConfig.from_dict(saved["model"]), saved["data"]["vocab"],
+  return Source(ModelConfig.from_dict(saved["model"]), saved_vocab(saved, workdir),
                 bool(saved["data"]["lowercase"]), labels=[str(x) for x in saved["task"]["labels"]],
                 origin=f"resume {workdir}")
 

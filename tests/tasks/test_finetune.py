@@ -393,3 +393,14 @@ def test_minilm_sst2_learns(shared_data, tmp_path):
   c.checkpoint.async_save = False
   result = finetune.train_and_evaluate(c, str(tmp_path))
   assert result["accuracy"] > 0.7, result
+
+
+def test_a_moved_workdir_finds_its_own_tokenizer_copy(tmp_path):
+  from mebert.tasks.sources import saved_vocab
+
+  (tmp_path / "vocab").mkdir()
+  (tmp_path / "vocab" / "vocab.txt").write_text("[PAD]\n")
+  saved = {"data": {"vocab": "/gone/elsewhere/vocab/vocab.txt"}}
+  assert saved_vocab(saved, str(tmp_path)) == str(tmp_path / "vocab" / "vocab.txt")
+  with pytest.raises(FileNotFoundError, match="/gone/tokenizer.json not found"):
+    saved_vocab({"data": {"vocab": "/gone/tokenizer.json"}}, str(tmp_path))
