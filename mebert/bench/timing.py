@@ -1,0 +1,84 @@
+"""Timing, memory and machine helpers shared by every benchmark worker.
+
+Standard library only (plus whatever framework the caller passes in), so that the Flax peer, which
+runs in a separate virtual environment without mebert installed, can import this file by path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from typing import Callable
+
+
+def timed_rounds(run_steps: Callable[[int], None], *, steps: int, rounds: int) -> dict:
+  """Runs `steps` steps split into `rounds` equal rounds, each timed from dispatch to completion.
+
+  `run_steps(n)` must run n steps and return only once they have finished (JAX: block on the
+  state; PyTorch: eager, already done). Steps inside a round are not synchronised one by one, so
+  asynchronous dispatch overlaps host work with compute as it does in training. The step time is
+  the median over rounds of round_time / steps_per_round: on a shared machine the median shrugs off
+  a round that another process slowed down.
+  """
+  rounds = max(1, min(rounds, steps))
+  per_round = max(1, steps // rounds)
+  times = []
+  for _ in range(rounds):
+    start = time.perf_counter()
+    run_steps(per_round)
+    times.append((time.perf_counter() - start) / per_round)
+  return {"step_time_s": statistics.median(times), "step_time_mean_s": statistics.fmean(times),
+          "step_time_min_s": min(times), "round_step_times_s": times,
+          "steps_timed": per_round * rounds}
+
+
+def peak_rss_mb() -> float:
+  """This process's peak resident set size so far (Linux reports ru_maxrss in KiB)."""
+  kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+  return kib / 1024.0 if sys.platform != "darwin" else kib / 2**20
+
+
+def current_rss_mb() -> float:
+  try:
+    with open("/proc/self/statm") as f:
+      return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+  except OSError:
+    return float("nan")
+
+
+def machine() -> dict:
+  """Where the numbers came from: CPU model and count, load, OS, Python, date."""
+  cpu_model = platform.processor() or platform.machine()
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          cpu_model = line.split(":", 1)[1].strip()
+          break
+  except OSError:
+    pass
+  try:
+    load = list(os.getloadavg())
+  except OSError:
+    load = None
+  try:
+    uptime = subprocess.run(["uptime"], capture_output=True, text=True, timeout=5).stdout.strip()
+  except (OSError, subprocess.SubprocessError):
+    uptime = None
+  return {"nproc": os.cpu_count(), "cpu_model": cpu_model, "load_average": load, "uptime": uptime,
+          "platform": platform.platform(), "python": platform.python_version(),
+          "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+
+
+def write_json(path: str, record: dict) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(record, f, indent=2, sort_keys=True)
+    f.write("\n")
+  os.replace(tmp, path)
