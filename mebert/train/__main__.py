@@ -24,6 +24,9 @@ _STEP = flags.DEFINE_integer("step", None, "Checkpoint step for --mode=eval (def
                              "fine-tuning: the best).")
 _INPUT = flags.DEFINE_string("input", None, "--mode=predict: the file to label.")
 _OUTPUT = flags.DEFINE_string("output", None, "--mode=predict: where to write (JSONL or TSV).")
+_QUANTIZE = flags.DEFINE_enum("quantize", None, ["none", "int8"], "--mode=eval/predict: int8 = "
+                              "per-channel int8 weights (mebert.compress.quantize); fine-tuning "
+                              "configs: the same as --config.eval.quantize=int8.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -35,9 +38,14 @@ def main(argv):
 
   distributed.initialize_from_environment()
   config = _CONFIG.value
+  quantize = _QUANTIZE.value
+  if quantize not in (None, "none") and _MODE.value not in ("eval", "predict"):
+    raise ValueError(f"--quantize={quantize} is for --mode=eval and --mode=predict")
   if "task" in config:  # fine-tuning; --workdir=W1,W2,... in eval/predict is an ensemble
     from mebert.tasks import finetune
 
+    if quantize is not None:
+      config.eval.quantize = quantize
     metrics = finetune.run(config, _WORKDIR.value, _MODE.value, step=_STEP.value,
                            input_path=_INPUT.value, output_path=_OUTPUT.value)
   elif _MODE.value == "predict":
