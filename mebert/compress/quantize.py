@@ -197,3 +197,38 @@ def quantize_task_runtime(rt, params, mode: str, name: str = "model"):
                           in_shardings=(qshardings, rt.batch_sharding))
   log_report(qparams, f"{name}: int8 weights")
   return qparams
+
+
+class _Dequantizing:
+  """Stands in for a flax model inside a pure step: apply() dequantizes the params first."""
+
+  def __init__(self, model, dtype):
+    self.model, self.dtype = model, dtype
+
+  def apply(self, variables, *args, **kwargs):
+    variables = {**variables, "params": dequantize(variables["params"], self.dtype)}
+    return self.model.apply(variables, *args, **kwargs)
+
+
+def evaluate_pretraining_checkpoint(config, workdir: str, step: int | None = None,
+                                    mode: str = "int8") -> dict:
+  """--mode=eval --quantize=int8 on a pretraining workdir: mebert.train.trainer's evaluation of a
+  checkpoint with int8 weights (quantized where they lie on the mesh); the metrics, with the weight
+  bytes, go to eval_step_<N>_int8.json next to the float eval_step_<N>.json."""
+  from mebert.train import checkpoints, trainer
+
+  if check_mode(mode) == "none":
+    return trainer.evaluate_checkpoint(config, workdir, step)
+  exp = trainer.Experiment(config, workdir)
+  params, _, restored = checkpoints.restore_params_and_step(
+      workdir, step, abstract_params=exp.abstract_state.params)
+  qparams, qshardings = quantize_sharded(params, exp.state_shardings.params)
+  del params
+  exp.eval_model = _Dequantizing(exp.eval_model, exp.model_config.compute_dtype)
+  exp.state_shardings = exp.state_shardings.replace(params=qshardings)
+  metrics = exp.evaluate(qparams)
+  r = log_report(qparams)
+  metrics.update(step=int(restored), quantize=mode, weight_bytes=r["weight_bytes"],
+                 weight_bytes_ratio=r["weight_bytes_ratio"])
+  trainer.write_json(workdir, f"eval_step_{restored}_{mode}.json", metrics)
+  return metrics

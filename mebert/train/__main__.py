@@ -52,6 +52,11 @@ def main(argv):
     raise ValueError("--mode=predict needs a fine-tuning config (one with a task section)")
   elif _MODE.value == "train":
     metrics = trainer.train_and_evaluate(config, _WORKDIR.value)
+  elif _MODE.value == "eval" and quantize not in (None, "none"):
+    from mebert.compress import quantize as quantize_lib
+
+    metrics = quantize_lib.evaluate_pretraining_checkpoint(config, _WORKDIR.value, _STEP.value,
+                                                           quantize)
   elif _MODE.value == "eval":
     metrics = trainer.evaluate_checkpoint(config, _WORKDIR.value, _STEP.value)
   else:

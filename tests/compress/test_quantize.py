@@ -248,3 +248,36 @@ def test_minilm_int8_embeddings_keep_cosine(shared_data):
   assert cos.mean() >= 0.998, cos.mean()
   ratio = q.report(q.quantize_params(encoder.params))["weight_bytes_ratio"]
   assert ratio <= 0.30, ratio
+
+
+@pytest.mark.slow
+def test_pretraining_eval_int8(tmp_path):
+  """--mode=eval --quantize=int8 on a tiny pretraining workdir (in process): MLM metrics next to
+  the float eval, written to eval_step_<N>_int8.json."""
+  import importlib.util
+  import pathlib
+
+  from mebert.train import trainer
+
+  repo = pathlib.Path(__file__).resolve().parents[2]
+  spec = importlib.util.spec_from_file_location("tiny_cfg", repo / "configs/pretrain/tiny.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  c = module.get_config()
+  c.model.hidden_size, c.model.num_layers, c.model.num_heads = 32, 2, 2
+  c.model.intermediate_size, c.model.max_position_embeddings = 64, 32
+  c.data.vocab_size, c.data.seq_len, c.data.max_predictions_per_seq = 400, 32, 5
+  c.train.batch_size, c.train.num_steps, c.train.warmup_steps, c.train.learning_rate = 8, 30, 2, 2e-3
+  c.train.log_every, c.checkpoint.every_steps, c.eval.every_steps = 10, 30, 30
+  c.eval.num_batches, c.eval.batch_size = 4, 8
+  c.model.scan_layers = True  # scanned: the stacked kernels get per-layer scales
+  workdir = str(tmp_path / "pre")
+  trainer.train_and_evaluate(c, workdir)
+  fp = trainer.evaluate_checkpoint(c, workdir)
+  int8 = q.evaluate_pretraining_checkpoint(c, workdir)
+  assert int8["step"] == fp["step"] == 30 and int8["quantize"] == "int8"
+  assert int8["eval_predictions"] == fp["eval_predictions"]
+  assert int8["mlm_loss"] == pytest.approx(fp["mlm_loss"], rel=0.02)
+  assert abs(int8["mlm_accuracy"] - fp["mlm_accuracy"]) <= 0.03
+  assert int8["weight_bytes_ratio"] < 0.35  # width 32: scales and biases weigh more than in BERT
+  assert json.loads((tmp_path / "pre" / "eval_step_30_int8.json").read_text())["quantize"] == "int8"
