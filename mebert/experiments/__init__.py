@@ -1,0 +1,1 @@
+"""Experiments built from the configs in configs/experiments/: drivers and their reports."""
