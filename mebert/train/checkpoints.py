@@ -11,6 +11,7 @@ Imported models (mebert.interop) write params and config only.
 from __future__ import annotations
 
 import logging
+import os
 
 import jax
 import orbax.checkpoint as ocp
@@ -27,6 +28,9 @@ class CheckpointError(RuntimeError):
 
 
 def checkpoint_dir(workdir: str) -> epath.Path:
+  # Orbax refuses relative local paths: `--workdir=runs/tiny` is runs/tiny in the current folder.
+  if "://" not in str(workdir):
+    workdir = os.path.abspath(workdir)
   return epath.Path(workdir) / "checkpoints"
 
 

@@ -75,7 +75,7 @@ class Experiment:
 
   def sharding_context(self):
     """Mesh plus logical rules: traced model code resolves its logical axis names through it."""
-    return _Contexts(jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules))
+    return mesh_lib.sharding_context(self.mesh, self.rules)
 
   def init_state(self) -> steps.TrainState:
     with self.sharding_context():
@@ -126,18 +126,6 @@ class Experiment:
     metrics["eval_predictions"] = int(target_counts.sum())
     return metrics
 
-
-class _Contexts:
-  def __init__(self, *contexts):
-    self.contexts = contexts
-
-  def __enter__(self):
-    for c in self.contexts:
-      c.__enter__()
-
-  def __exit__(self, *exc):
-    for c in reversed(self.contexts):
-      c.__exit__(*exc)
 
 
 def _checked_batch_size(key: str, size: int, mesh, accum: int) -> int:
@@ -295,11 +283,28 @@ def _numeric(metrics: dict | None) -> dict:
 
 
 def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict:
-  """--mode=eval: restores params (latest readable step by default) and evaluates them."""
+  """--mode=eval: restores params (latest readable step by default) and evaluates them.
+
+  At a data.seq_len other than the run's own (length extrapolation), the results go to
+  eval_step_<N>_len<L>.json, next to the training-length eval_step_<N>.json; an encoding that cannot
+  represent the length (a learned table) stops before restoring, with the reason.
+  """
   exp = Experiment(config, workdir)
   params, _, restored_step = checkpoints.restore_params_and_step(
       workdir, step, abstract_params=exp.abstract_state.params)
   metrics = exp.evaluate(params)
   metrics["step"] = int(restored_step)
-  write_json(workdir, f"eval_step_{restored_step}.json", metrics)
+  seq_len = int(config.data.seq_len)
+  metrics["seq_len"] = seq_len
+  suffix = "" if seq_len == _trained_seq_len(workdir, seq_len) else f"_len{seq_len}"
+  write_json(workdir, f"eval_step_{restored_step}{suffix}.json", metrics)
   return metrics
+
+
+def _trained_seq_len(workdir: str, default: int) -> int:
+  """data.seq_len of the run that wrote the workdir (its config.json), else `default`."""
+  path = epath.Path(workdir) / "config.json"
+  try:
+    return int(json.loads(path.read_text())["data"]["seq_len"])
+  except (OSError, ValueError, KeyError, TypeError):
+    return default
