@@ -241,6 +241,23 @@ def test_packed_row_equals_segments_run_alone(encoding):
     np.testing.assert_allclose(packed[:, where], alone, atol=ATOL, err_msg=f"segment {segment}")
 
 
+@pytest.mark.parametrize("variant", [
+    dict(encoding_fusion="concat"), dict(encoding_fusion="concat", position_encoding="rotary"),
+    dict(use_segment_embeddings=False, position_encoding="alibi"),
+    dict(pre_layer_norm=True, hidden_act="geglu", use_bias=False, position_encoding="relative")],
+    ids=["concat", "concat_rotary", "no_segments_alibi", "preln_geglu_nobias_relative"])
+def test_packed_row_equals_segments_run_alone_for_fusion_and_block_variants(variant):
+  variant = dict(variant)
+  cfg = tiny(variant.pop("position_encoding", "learned"), **variant)
+  params = init_params(cfg)
+  packed = encode(cfg, params, **PACKED)
+  ids, types, segment_ids = PACKED["input_ids"], PACKED["token_type_ids"], PACKED["segment_ids"]
+  for segment in (1, 2, 3):
+    where = segment_ids[0] == segment
+    alone = encode(cfg, params, ids[:, where], token_type_ids=types[:, where])
+    np.testing.assert_allclose(packed[:, where], alone, atol=ATOL, err_msg=f"segment {segment}")
+
+
 @pytest.mark.parametrize("encoding", ENCODINGS)
 def test_padding_changes_no_other_token(encoding):
   cfg = tiny(encoding)
