@@ -82,3 +82,17 @@ def write_json(path: str, record: dict) -> None:
     json.dump(record, f, indent=2, sort_keys=True)
     f.write("\n")
   os.replace(tmp, path)
+
+
+def worker_main(run: Callable[[dict, str], dict], description: str, argv=None) -> None:
+  """The command line every worker shares: --spec=SPEC.json --batches=B.npz --out=OUT.json."""
+  import argparse
+
+  ap = argparse.ArgumentParser(description=description)
+  ap.add_argument("--spec", required=True)
+  ap.add_argument("--batches", required=True)
+  ap.add_argument("--out", required=True)
+  args = ap.parse_args(argv)
+  with open(args.spec) as f:
+    spec = json.load(f)
+  write_json(args.out, run(spec, args.batches))

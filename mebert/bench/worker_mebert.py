@@ -8,9 +8,7 @@ measures the machine's float32 matrix-product rate (CPU) or looks up the acceler
 
 from __future__ import annotations
 
-import argparse
 import functools
-import json
 import time
 
 import numpy as np
@@ -151,14 +149,7 @@ def run(spec: dict, batch_path: str) -> dict:
 
 
 def main(argv=None) -> None:
-  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  ap.add_argument("--spec", required=True)
-  ap.add_argument("--batches", required=True)
-  ap.add_argument("--out", required=True)
-  args = ap.parse_args(argv)
-  with open(args.spec) as f:
-    spec = json.load(f)
-  timing.write_json(args.out, run(spec, args.batches))
+  timing.worker_main(run, __doc__.split("\n")[0], argv)
 
 
 if __name__ == "__main__":

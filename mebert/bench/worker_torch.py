@@ -10,8 +10,6 @@ predicted), as Hugging Face's model does.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import time
 
@@ -87,14 +85,7 @@ def run(spec: dict, batch_path: str) -> dict:
 
 
 def main(argv=None) -> None:
-  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  ap.add_argument("--spec", required=True)
-  ap.add_argument("--batches", required=True)
-  ap.add_argument("--out", required=True)
-  args = ap.parse_args(argv)
-  with open(args.spec) as f:
-    spec = json.load(f)
-  timing.write_json(args.out, run(spec, args.batches))
+  timing.worker_main(run, __doc__.split("\n")[0], argv)
 
 
 if __name__ == "__main__":

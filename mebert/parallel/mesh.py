@@ -11,6 +11,7 @@ only place that says which mesh axis each name lands on.
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import logging
 import math
@@ -81,6 +82,13 @@ def make_mesh(mesh_config, devices=None) -> Mesh:
   # Auto axes: Linen's logical constraints need them (an Explicit mesh turns them into asserts).
   return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES),
                        devices=devices)
+
+
+@contextlib.contextmanager
+def sharding_context(mesh: Mesh, rules):
+  """The mesh and logical-axis rules every jit, init and constraint of a run is traced under."""
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    yield
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -44,7 +44,7 @@ class Runtime:
     self.dp = mesh_lib.data_parallel_size(self.mesh)
 
   def sharding_context(self):
-    return _Contexts(jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules))
+    return mesh_lib.sharding_context(self.mesh, self.rules)
 
   def init_params(self, rng):
     ids = jnp.zeros((1, 8), jnp.int32)
@@ -85,18 +85,6 @@ def _predict_fn(model: BertForTask, kind: str, mesh, rules):
   fn = functools.partial(steps.predict_step, model=model, kind=kind)
   return jax.jit(fn, in_shardings=(shardings, mesh_lib.batch_sharding(mesh)))
 
-
-class _Contexts:
-  def __init__(self, *contexts):
-    self.contexts = contexts
-
-  def __enter__(self):
-    for c in self.contexts:
-      c.__enter__()
-
-  def __exit__(self, *exc):
-    for c in reversed(self.contexts):
-      c.__exit__(*exc)
 
 
 def _gather(x) -> np.ndarray:

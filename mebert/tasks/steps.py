@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mebert.train import steps as train_steps_lib
 from mebert.train.steps import TrainState
 
 INPUTS = ("input_ids", "token_type_ids", "segment_ids")
@@ -57,33 +58,13 @@ def train_step(state: TrainState, batch: dict, seed: jax.Array, *, model: nn.Mod
   rng = jax.random.fold_in(jax.random.key(seed, impl="rbg"), state.step)
   total = jnp.sum(_weights(batch, kind))
   grad_fn = jax.grad(task_sums, has_aux=True)
-  if grad_accum_steps == 1:
-    grads, sums = grad_fn(state.params, batch, model, rng, kind, total)
-  else:
-    micro = jax.tree.map(
-        lambda x: x.reshape(grad_accum_steps, x.shape[0] // grad_accum_steps, *x.shape[1:]), batch)
-
-    def accumulate(carry, inputs):
-      index, micro_batch = inputs
-      g, s = grad_fn(state.params, micro_batch, model, jax.random.fold_in(rng, index), kind, total)
-      return jax.tree.map(jnp.add, carry, (g, s)), None
-
-    shapes = jax.eval_shape(lambda: grad_fn(state.params, jax.tree.map(lambda x: x[0], micro),
-                                            model, rng, kind, total))
-    zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
-    (grads, sums), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(grad_accum_steps), micro))
+  grads, sums = train_steps_lib.accumulated_grads(
+      lambda b, r: grad_fn(state.params, b, model, r, kind, total), batch, rng, grad_accum_steps)
 
   loss = sums["loss_sum"] / jnp.maximum(total, 1.0)
   grad_norm = optax.global_norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
-  keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-  new_state = TrainState(
-      step=state.step + 1, params=keep(params, state.params),
-      opt_state=keep(opt_state, state.opt_state),
-      nonfinite_in_row=jnp.where(finite, 0, state.nonfinite_in_row + 1),
-      nonfinite_total=state.nonfinite_total + (~finite).astype(jnp.int32))
+  new_state = train_steps_lib.guarded_update(state, grads, tx, finite)
   metrics = dict(sums, loss=loss, grad_norm=grad_norm, learning_rate=schedule(state.step),
                  nonfinite_in_row=new_state.nonfinite_in_row, steps=jnp.ones((), jnp.float32))
   return new_state, metrics

@@ -67,6 +67,47 @@ def pretraining_sums(params, batch, model: nn.Module, rng, mlm_total, nsp_total)
   return loss, sums
 
 
+def accumulated_grads(grads_and_sums: Callable, batch: dict, rng: jax.Array,
+                      grad_accum_steps: int):
+  """`grads_and_sums(batch, rng)` over the whole batch, or summed over `grad_accum_steps` equal
+  micro-batches in a scan (each with its own dropout key). Losses are sums normalised by the
+  global batch's totals, so the accumulated gradient is exactly the full batch's."""
+  if grad_accum_steps == 1:
+    return grads_and_sums(batch, rng)
+  micro = jax.tree.map(
+      lambda x: x.reshape(grad_accum_steps, x.shape[0] // grad_accum_steps, *x.shape[1:]), batch)
+
+  def accumulate(carry, inputs):
+    index, micro_batch = inputs
+    return jax.tree.map(jnp.add, carry, grads_and_sums(micro_batch, jax.random.fold_in(rng, index))), None
+
+  shapes = jax.eval_shape(lambda: grads_and_sums(jax.tree.map(lambda x: x[0], micro), rng))
+  zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
+  total, _ = jax.lax.scan(accumulate, zeros, (jnp.arange(grad_accum_steps), micro))
+  return total
+
+
+def guarded_update(state: TrainState, grads, tx: optax.GradientTransformation,
+                   finite: jax.Array) -> TrainState:
+  """The optimizer update when `finite`; otherwise parameters and optimizer moments stay as they
+  were and the skipped step is counted (nonfinite_in_row, nonfinite_total).
+
+  A cond rather than jnp.where(finite, new, old) over every leaf, so that XLA updates the donated
+  buffers in place: with the where, XLA:CPU copied the parameters and both Adam moments every
+  step. Callers should read anything `finite` needs (e.g. the parameter norm) before this."""
+
+  def update(params, opt_state, grads):
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+  params, opt_state = jax.lax.cond(finite, update, lambda p, o, g: (p, o), state.params,
+                                   state.opt_state, grads)
+  return TrainState(
+      step=state.step + 1, params=params, opt_state=opt_state,
+      nonfinite_in_row=jnp.where(finite, 0, state.nonfinite_in_row + 1),
+      nonfinite_total=state.nonfinite_total + (~finite).astype(jnp.int32))
+
+
 def train_step(state: TrainState, batch: dict, *, model: nn.Module,
                tx: optax.GradientTransformation, schedule: Callable, seed: int,
                grad_accum_steps: int = 1) -> tuple[TrainState, dict]:
@@ -75,43 +116,16 @@ def train_step(state: TrainState, batch: dict, *, model: nn.Module,
   mlm_total = jnp.sum(batch["masked_lm_weights"].astype(jnp.float32))
   nsp_total = jnp.sum((batch["next_sentence_labels"] >= 0).astype(jnp.float32))
   grad_fn = jax.grad(pretraining_sums, has_aux=True)
-
-  if grad_accum_steps == 1:
-    grads, sums = grad_fn(state.params, batch, model, rng, mlm_total, nsp_total)
-  else:
-    micro = jax.tree.map(
-        lambda x: x.reshape(grad_accum_steps, x.shape[0] // grad_accum_steps, *x.shape[1:]), batch)
-
-    def accumulate(carry, inputs):
-      index, micro_batch = inputs
-      g, s = grad_fn(state.params, micro_batch, model, jax.random.fold_in(rng, index), mlm_total,
-                     nsp_total)
-      return jax.tree.map(jnp.add, carry, (g, s)), None
-
-    zero_sums = jax.eval_shape(lambda: grad_fn(state.params, jax.tree.map(lambda x: x[0], micro),
-                                               model, rng, mlm_total, nsp_total))
-    zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), zero_sums)
-    (grads, sums), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(grad_accum_steps), micro))
+  grads, sums = accumulated_grads(
+      lambda b, r: grad_fn(state.params, b, model, r, mlm_total, nsp_total), batch, rng,
+      grad_accum_steps)
 
   grad_norm = optax.global_norm(grads)
   param_norm = optax.global_norm(state.params)
   loss = sums["mlm_loss"] / jnp.maximum(mlm_total, 1.0) + sums["nsp_loss"] / jnp.maximum(nsp_total, 1.0)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(param_norm)
 
-  def update(params, opt_state, grads):
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state
-
-  # A non-finite step leaves parameters and optimizer moments untouched and is counted. A cond
-  # rather than jnp.where(finite, new, old) over every leaf, and param_norm read by its predicate,
-  # so that XLA updates the donated buffers in place: with the where, and with param_norm unordered
-  # against the update, XLA:CPU copied the parameters and both Adam moments every step.
-  params, opt_state = jax.lax.cond(finite, update, lambda p, o, g: (p, o), state.params,
-                                   state.opt_state, grads)
-  new_state = TrainState(
-      step=state.step + 1, params=params, opt_state=opt_state,
-      nonfinite_in_row=jnp.where(finite, 0, state.nonfinite_in_row + 1),
-      nonfinite_total=state.nonfinite_total + (~finite).astype(jnp.int32))
+  new_state = guarded_update(state, grads, tx, finite)
   metrics = dict(sums, loss=loss, grad_norm=grad_norm, param_norm=param_norm,
                  learning_rate=schedule(state.step), nonfinite_in_row=new_state.nonfinite_in_row,
                  steps=jnp.ones((), jnp.float32))

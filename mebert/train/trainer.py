@@ -75,7 +75,7 @@ class Experiment:
 
   def sharding_context(self):
     """Mesh plus logical rules: traced model code resolves its logical axis names through it."""
-    return _Contexts(jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules))
+    return mesh_lib.sharding_context(self.mesh, self.rules)
 
   def init_state(self) -> steps.TrainState:
     with self.sharding_context():
@@ -126,18 +126,6 @@ class Experiment:
     metrics["eval_predictions"] = int(target_counts.sum())
     return metrics
 
-
-class _Contexts:
-  def __init__(self, *contexts):
-    self.contexts = contexts
-
-  def __enter__(self):
-    for c in self.contexts:
-      c.__enter__()
-
-  def __exit__(self, *exc):
-    for c in reversed(self.contexts):
-      c.__exit__(*exc)
 
 
 def _checked_batch_size(key: str, size: int, mesh, accum: int) -> int:
