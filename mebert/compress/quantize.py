@@ -16,6 +16,10 @@ compute dtype, so the outputs differ from fp32 by the rounding of the weights al
   fn = jax.jit(dequantizing(predict, jnp.float32))        # fn(qparams, batch)
   weight_bytes(qparams) / weight_bytes(params)            # ~0.25-0.26 for BERT-family models
   qparams, qshardings = quantize_sharded(params, shardings)   # on a mesh: stays sharded
+
+Entry points: `python -m mebert.embed --quantize=int8`, `python -m mebert.train --mode=eval|predict
+--quantize=int8` (fine-tuning: config.eval.quantize, through quantize_task_runtime; pretraining:
+evaluate_pretraining_checkpoint).
 """
 
 from __future__ import annotations

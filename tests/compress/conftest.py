@@ -1,5 +1,5 @@
-"""Fixtures of the compression tests: a small WordPiece vocabulary, synthetic sentiment data and a
-tiny fine-tuned workdir (trained once per module)."""
+"""Fixtures of the compression tests: a small WordPiece vocabulary, synthetic sentiment data, a tiny
+fine-tuning config and a fine-tuned-shaped workdir with random weights."""
 
 import random
 
@@ -46,11 +46,27 @@ def tiny_config(vocab: str, train_files: str):
 
 
 @pytest.fixture(scope="module")
-def tiny_task_run(vocab_file, tmp_path_factory):
-  """(config, workdir, training result) of a tiny classifier trained for 40 steps."""
-  from mebert.tasks import finetune
+def random_task_workdir(vocab_file, tmp_path_factory):
+  """(config, workdir) of a fine-tuned-shaped checkpoint with random weights (no training): what
+  eval/predict read, made in a second."""
+  import jax
+  import jax.numpy as jnp
+  import flax.linen as nn
+  import numpy as np
 
-  root = tmp_path_factory.mktemp("task")
-  c = tiny_config(vocab_file, synthetic_tsv(root / "train.tsv", 640))
+  from mebert.model.config import ModelConfig
+  from mebert.tasks.batching import TaskTokenizer
+  from mebert.tasks.model import BertForTask
+  from mebert.train.checkpoints import save_params_checkpoint
+
+  root = tmp_path_factory.mktemp("random_task")
+  c = tiny_config(vocab_file, synthetic_tsv(root / "train.tsv", 256, seed=1))
+  c.task.labels = ("0", "1")
+  cfg = ModelConfig.from_dict(c.model, vocab_size=TaskTokenizer(vocab_file).vocab_size)
+  ids = jnp.zeros((1, 8), jnp.int32)
+  params = BertForTask(cfg, "classification", 2).init(jax.random.key(5), ids, ids, ids + 1)
+  params = jax.tree.map(np.array, nn.unbox(params["params"]))  # writable copies
+  params["classifier"]["kernel"] *= 20.0  # confident predictions: far from 50/50 ties
   workdir = root / "work"
-  return c, workdir, finetune.train_and_evaluate(c, str(workdir))
+  save_params_checkpoint(str(workdir), params, c.to_dict(), step=7)
+  return c, workdir

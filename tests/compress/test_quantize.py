@@ -53,10 +53,20 @@ MID = ModelConfig(vocab_size=2000, hidden_size=128, num_layers=2, num_heads=4,
                   intermediate_size=512, max_position_embeddings=128, attention_backend="xla")
 
 
+def _shaped_params(model, seed=0):
+  """Random normal params of a model's shapes (eval_shape: nothing compiles)."""
+  from mebert.parallel.mesh import strip_boxes
+
+  ids = jax.ShapeDtypeStruct((1, 8), jnp.int32)
+  shapes = strip_boxes(jax.eval_shape(model.init, jax.random.key(0), ids, ids, ids))["params"]
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(lambda a: rng.normal(0, 0.02, a.shape).astype(a.dtype), shapes)
+
+
 def test_which_leaves_and_weight_bytes():
   from mebert.tasks.model import BertForTask
 
-  params = _random_params(BertForTask(MID, "classification", 3))
+  params = _shaped_params(BertForTask(MID, "classification", 3))
   qp = q.quantize_params(params)
   flat = dict(jax.tree_util.tree_flatten_with_path(qp, is_leaf=lambda x: isinstance(x, q.QArray))[0])
   names = {"/".join(k.key for k in path): leaf for path, leaf in flat.items()}
@@ -161,14 +171,38 @@ def _cli(*args, timeout=600):
                         text=True, timeout=timeout)
 
 
-def test_finetuned_eval_and_predict_int8(tiny_task_run, tmp_path):
-  """--mode=eval --quantize=int8 through the CLI on a tiny fine-tuned workdir; predict in process
-  with config.eval.quantize; both next to fp32."""
+def test_finetuned_eval_and_predict_int8_in_process(random_task_workdir, tmp_path):
+  """config.eval.quantize=int8 (what --quantize=int8 sets): eval and predict of a fine-tuned-shaped
+  checkpoint next to fp32."""
   from mebert.tasks import inference
 
-  c, workdir, trained = tiny_task_run
+  c, workdir = random_task_workdir
+  q8 = c.copy_and_resolve_references()
+  q8.eval.quantize = "int8"
+  fp, int8 = inference.evaluate(c, [str(workdir)]), inference.evaluate(q8, [str(workdir)])
+  assert int8["step"] == fp["step"] == 7 and int8["num_examples"] == fp["num_examples"] > 40
+  assert abs(int8["accuracy"] - fp["accuracy"]) <= 2 / fp["num_examples"] + 1e-9
+  assert int8["loss"] == pytest.approx(fp["loss"], abs=0.02) and int8["loss"] != fp["loss"]
+  src = tmp_path / "in.txt"
+  src.write_text("a good film\nboring sad plot\nfunny funny\nthe actor was awful\n")
+  inference.predict(q8, [str(workdir)], str(src), str(tmp_path / "int8.jsonl"))
+  inference.predict(c, [str(workdir)], str(src), str(tmp_path / "fp.jsonl"))
+  rows = [[json.loads(line) for line in (tmp_path / f).read_text().splitlines()]
+          for f in ("int8.jsonl", "fp.jsonl")]
+  assert len(rows[0]) == 4
+  for a, b in zip(*rows):
+    for label, p in a["probabilities"].items():
+      assert p == pytest.approx(b["probabilities"][label], abs=0.02)
+
+
+def test_cli_eval_int8(random_task_workdir, tmp_path):
+  """python -m mebert.train --mode=eval --quantize=int8 on a tiny fine-tuned-shaped workdir: the
+  metrics of fp32 within rounding, the weight report in the log; --quantize outside eval/predict
+  fails."""
+  from mebert.tasks import inference
+
+  c, workdir = random_task_workdir
   fp = inference.evaluate(c, [str(workdir)])
-  assert fp["accuracy"] == pytest.approx(trained["accuracy"])
   flags = [f"--config.data.train_files={c.data.train_files}", "--config.data.holdout_fraction=0.25",
            f"--config.data.vocab={c.data.vocab}", "--config.init.hf=", "--config.data.seq_len=32",
            "--config.data.buckets=(32,)", "--config.eval.batch_size=32"]
@@ -182,19 +216,6 @@ def test_finetuned_eval_and_predict_int8(tiny_task_run, tmp_path):
       fp["loss"], abs=0.02)
   bad = _cli("mebert.train", cfg, f"--workdir={tmp_path / 'x'}", "--quantize=int8", *flags)
   assert bad.returncode != 0 and "--quantize=int8 is for --mode=eval and --mode=predict" in bad.stderr
-
-  src = tmp_path / "in.txt"
-  src.write_text("a good film\nboring sad plot\nfunny funny\n")
-  q8 = c.copy_and_resolve_references()
-  q8.eval.quantize = "int8"
-  inference.predict(q8, [str(workdir)], str(src), str(tmp_path / "int8.jsonl"))
-  inference.predict(c, [str(workdir)], str(src), str(tmp_path / "fp.jsonl"))
-  rows = [[json.loads(line) for line in (tmp_path / f).read_text().splitlines()]
-          for f in ("int8.jsonl", "fp.jsonl")]
-  assert len(rows[0]) == 3
-  for a, b in zip(*rows):
-    for label, p in a["probabilities"].items():
-      assert p == pytest.approx(b["probabilities"][label], abs=0.02)
 
 
 @pytest.fixture(scope="module")
