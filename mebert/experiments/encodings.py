@@ -36,6 +36,9 @@ _MULTIPLES = flags.DEFINE_list("multiples", ["2", "4"], "Eval lengths, as multip
 _REPORT = flags.DEFINE_string("report", "docs", "Folder for encodings_table.md and encodings.png "
                               "('' = no report).")
 _STEPS = flags.DEFINE_integer("num_steps", None, "Override train.num_steps (smoke runs).")
+_TIME_ROUNDS = flags.DEFINE_integer("time_rounds", 3, "Rounds of the step-time measurement (0 = "
+                                    "none): every variant's train step, in turn, on one batch.")
+_TIME_STEPS = flags.DEFINE_integer("time_steps", 10, "Timed steps per variant per round.")
 
 log = logging.getLogger("mebert.experiments.encodings")
 
@@ -79,6 +82,51 @@ def run_variant(module, variant: str, runs: pathlib.Path, vocab: str, multiples:
       config.data.seq_len = base
 
 
+def time_steps(module, variants: list[str], runs: pathlib.Path, vocab: str, rounds: int,
+               steps_per_round: int) -> dict[str, dict]:
+  """Train step time of every variant, measured side by side: compiled first, then `rounds` rounds
+  that each run every variant's step `steps_per_round` times on one real batch. Interleaving keeps
+  a change of machine load (other work on the cores) from landing on one variant only; the log
+  windows of the training runs are not comparable for that reason. Writes <run>/step_time.json."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  from mebert.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+  from mebert.train import trainer  # pylint: disable=g-import-not-at-top
+
+  setups = {}
+  for variant in variants:
+    exp = trainer.Experiment(variant_config(module, variant, vocab), str(runs / variant))
+    iterator = exp.data_iterator("train")
+    batch = mesh_lib.global_batch(trainer._model_batch(next(iterator)), exp.mesh)  # pylint: disable=protected-access
+    trainer._close(iterator)  # pylint: disable=protected-access
+    step = exp.jitted_train_step()
+    with exp.sharding_context():
+      state, metrics = step(exp.init_state(), batch)  # compiles
+      jax.block_until_ready(metrics)
+    setups[variant] = [exp, step, state, batch]
+  times = {v: [] for v in variants}
+  for _ in range(rounds):
+    for variant in variants:
+      exp, step, state, batch = setups[variant]
+      with exp.sharding_context():
+        for _ in range(steps_per_round):
+          start = time.perf_counter()
+          state, metrics = step(state, batch)
+          jax.block_until_ready(metrics)
+          times[variant].append(time.perf_counter() - start)
+      setups[variant][2] = state
+  results = {}
+  for variant in variants:
+    exp, t = setups[variant][0], np.asarray(times[variant]) * 1000.0
+    results[variant] = {"median_ms": float(np.median(t)), "min_ms": float(t.min()),
+                        "steps": int(t.size), "rounds": rounds, "batch_size": exp.batch_size,
+                        "seq_len": int(exp.config.data.seq_len)}
+    (runs / variant / "step_time.json").write_text(json.dumps(results[variant], indent=2) + "\n")
+    log.info("%s: %.1f ms per train step (median of %d)", variant, results[variant]["median_ms"], t.size)
+  return results
+
+
 def main(argv):
   del argv
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -97,6 +145,8 @@ def main(argv):
   multiples = [int(m) for m in _MULTIPLES.value]
   for variant in variants:
     run_variant(module, variant, runs, vocab, multiples, _STEPS.value)
+  if _TIME_ROUNDS.value > 0:
+    time_steps(module, variants, runs, vocab, _TIME_ROUNDS.value, _TIME_STEPS.value)
   if _REPORT.value:
     from mebert.experiments import encodings_report  # pylint: disable=g-import-not-at-top
 

@@ -60,7 +60,12 @@ def count_parameters(config: dict, workdir: pathlib.Path) -> int:
 
 
 def step_time_ms(workdir: pathlib.Path) -> float | None:
-  """Median train step time over the log windows after the first (which includes compilation)."""
+  """Train step time: the side-by-side measurement (step_time.json, written by
+  mebert.experiments.encodings) when there is one, else the median over the training run's log
+  windows after the first (which includes compilation)."""
+  timed = workdir / "step_time.json"
+  if timed.exists():
+    return float(_read_json(timed)["median_ms"])
   rates = []
   for line in (workdir / "metrics.jsonl").read_text().splitlines():
     record = json.loads(line)
@@ -91,7 +96,8 @@ def read_run(workdir: pathlib.Path, count_params: bool = True) -> dict:
 
 
 def describe(model: dict) -> str:
-  parts = [model.get("position_encoding", "learned") + " positions"]
+  encoding = model.get("position_encoding", "learned")
+  parts = ["no positions" if encoding == "none" else f"{encoding} positions"]
   if model.get("encoding_fusion", "sum") != "sum":
     parts.append(f"{model['encoding_fusion']} fusion")
   if not model.get("use_segment_embeddings", True):

@@ -78,6 +78,8 @@ def test_report_table_plot_and_doc(tmp_path):
   _run(runs, "rotary", {16: 0.3, 32: 0.28, 64: 0.2}, position_encoding="rotary")
   _run(runs, "preln_geglu", {16: 0.2}, pre_layer_norm=True, hidden_act="geglu",
        position_encoding="sinusoidal")
+  # The side-by-side measurement, when there is one, wins over the training run's log windows.
+  (runs / "preln_geglu" / "step_time.json").write_text(json.dumps({"median_ms": 123.4}))
   (out / "encodings.md").write_text(f"# title\n{encodings_report.BEGIN}\nold\n"
                                     f"{encodings_report.END}\ntail\n")
   table = encodings_report.write_report(runs, out)
@@ -92,7 +94,8 @@ def test_report_table_plot_and_doc(tmp_path):
   # replaces the earlier one: 1000 / 5 steps/s.
   assert rows["`rotary`"][1:] == ["rotary positions", rows["`rotary`"][2], "200", "0.3000",
                                   "0.2800", "0.2000 |"]
-  assert rows["`preln_geglu`"][1] == "sinusoidal positions, pre-LN, GeGLU"
+  assert rows["`preln_geglu`"][1:4] == ["sinusoidal positions, pre-LN, GeGLU",
+                                        rows["`preln_geglu`"][2], "123"]
   assert rows["`preln_geglu`"][6] == "missing |"  # no file, and it could have run
   learned_params = int(rows["`learned`"][2].replace(",", ""))
   rotary_params = int(rows["`rotary`"][2].replace(",", ""))
