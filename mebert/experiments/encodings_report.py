@@ -157,7 +157,7 @@ def plot(rows: list[dict]) -> bytes:
 
   series = {r["name"]: [(n, e["mlm_accuracy"]) for n, e in sorted(r["evals"].items())] for r in rows}
   bounded = [r["name"] for r in rows if any(cannot_extrapolate(r, n) for n in lengths_of(rows))]
-  notes = [f"{', '.join(bounded)}: learned table,", "no eval past its rows"] if bounded else []
+  notes = [f"{', '.join(bounded)}: a learned position table, no eval past its rows"] if bounded else []
   baseline = {}
   for r in rows:
     for n, e in r["evals"].items():

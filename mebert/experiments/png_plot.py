@@ -115,6 +115,17 @@ def text_width(text: str, scale: int = 2) -> int:
   return max(6 * len(text) - 1, 0) * scale
 
 
+def wrap(text: str, width: int) -> list[str]:
+  lines, line = [], ""
+  for word in text.split():
+    if line and len(line) + 1 + len(word) > width:
+      lines.append(line)
+      line = word
+    else:
+      line = f"{line} {word}" if line else word
+  return lines + [line] if line else lines
+
+
 def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
   span = max(high - low, 1e-9)
   step = 10 ** math.floor(math.log10(span / count))
@@ -147,12 +158,14 @@ def line_plot(series: dict[str, list[tuple[float, float]]], *, title: str, xlabe
       y for _, y in (reference[1] if reference else [])]
   ylo, yhi = (min(ys), max(ys)) if ys else (0.0, 1.0)
   margin = 0.1 * (yhi - ylo or abs(yhi) or 1)
-  yticks = nice_ticks(ylo - margin, yhi + margin)
+  # Not below zero when no value is (accuracies, losses).
+  yticks = nice_ticks(max(ylo - margin, 0.0) if ylo >= 0 else ylo - margin, yhi + margin)
   ylo, yhi = yticks[0], yticks[-1]
   px = lambda v: x0 + (fx(v) - xmin) / (xmax - xmin) * (x1 - x0)
   py = lambda v: y0 - (v - ylo) / (yhi - ylo) * (y0 - y1)
   grid, axis = (225, 225, 225), (60, 60, 60)
-  decimals = max(0, -math.floor(math.log10(yticks[1] - yticks[0])))
+  step = yticks[1] - yticks[0]
+  decimals = next((d for d in range(8) if abs(step * 10 ** d - round(step * 10 ** d)) < 1e-6), 8)
   for t in yticks:
     canvas.line(x0, py(t), x1, py(t), grid)
     canvas.text(x0 - 8, py(t) - 7, f"{t:.{decimals}f}", axis, anchor="right")
@@ -185,6 +198,9 @@ def line_plot(series: dict[str, list[tuple[float, float]]], *, title: str, xlabe
     canvas.line(x1 + 20, ly + 7, x1 + 50, ly + 7, color, width=3)
     canvas.disk(x1 + 35, ly + 7, 5, color)
     canvas.text(x1 + 58, ly, name, (0, 0, 0))
-  for j, note in enumerate(notes):
-    canvas.text(x1 + 20, top + 26 * legend + 20 + 20 * j, note, axis, scale=1)
+  lines = []
+  for note in notes:  # wrapped to the legend's column
+    lines += wrap(note, max((width - x1 - 30) // 6, 8))
+  for j, line in enumerate(lines):
+    canvas.text(x1 + 20, top + 26 * legend + 20 + 16 * j, line, axis, scale=1)
   return canvas.to_png()
