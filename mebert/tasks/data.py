@@ -203,6 +203,30 @@ def _read_tfds(part, task, data, labeled) -> list[Example]:
   return out
 
 
+def _read_file(path: str, fmt: str, task, data, labeled: bool) -> list[Example]:
+  """One local file; what the readers cannot parse becomes a DataError naming the file."""
+  with open(path, "rb") as f:
+    if b"\0" in f.read(1 << 16):
+      raise DataError(f"{path}: a binary file (NUL bytes), not {fmt} text")
+  try:
+    if fmt in ("tsv", "csv"):
+      return _read_table(path, fmt, task, data, labeled)
+    if fmt == "jsonl":
+      return _read_jsonl(path, task, labeled)
+    if fmt == "conll":
+      return _read_conll(path, data, labeled)
+    if fmt == "text":
+      if labeled:
+        raise DataError(f"{path}: a plain text file has no labels; use TSV, CSV or JSONL")
+      return _read_text(path)
+  except UnicodeDecodeError as e:
+    raise DataError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); "
+                    "re-encode it as UTF-8, e.g. iconv -f latin1 -t utf-8") from None
+  except csv.Error as e:  # e.g. a field over csv's size limit: a whole file on one line
+    raise DataError(f"{path}: not readable as CSV ({e})") from None
+  raise ValueError(f"data.format={fmt!r} is not one of auto, tsv, csv, jsonl, conll, text")
+
+
 def read_examples(spec: str, task, data, *, labeled: bool = True, limit: int = 0) -> list[Example]:
   """Examples of a comma-separated list of files, globs and tfds:NAME@SPLIT parts."""
   token_task = task.kind == "token_classification"
@@ -217,19 +241,7 @@ def read_examples(spec: str, task, data, *, labeled: bool = True, limit: int = 0
     if not paths or not all(os.path.isfile(p) for p in paths):
       raise FileNotFoundError(f"{part}: no such file")
     for path in paths:
-      fmt = _format_of(path, str(data.format), token_task)
-      if fmt in ("tsv", "csv"):
-        out += _read_table(path, fmt, task, data, labeled)
-      elif fmt == "jsonl":
-        out += _read_jsonl(path, task, labeled)
-      elif fmt == "conll":
-        out += _read_conll(path, data, labeled)
-      elif fmt == "text":
-        if labeled:
-          raise DataError(f"{path}: a plain text file has no labels; use TSV, CSV or JSONL")
-        out += _read_text(path)
-      else:
-        raise ValueError(f"data.format={fmt!r} is not one of auto, tsv, csv, jsonl, conll, text")
+      out += _read_file(path, _format_of(path, str(data.format), token_task), task, data, labeled)
   if not out:
     raise DataError(f"{spec}: no examples")
   return out[:limit] if limit > 0 else out

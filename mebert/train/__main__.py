@@ -66,10 +66,23 @@ def main(argv):
   print(json.dumps(metrics, sort_keys=True), flush=True)
 
 
+def _parse_flags(argv):
+  """absl's flag parsing, with every mistake in a flag or config override (an unknown key raises
+  AttributeError inside ml_collections, a wrong type a flags.Error) as one line, not a traceback."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    raise SystemExit(f"error: {e}") from None
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    message = str(e.args[0]) if e.args else str(e)  # KeyError's str() is a repr
+    message = message.replace("\\n", " ").replace("\\'", "'")
+    raise SystemExit(f"error: bad --config override: {' '.join(message.split())}") from None
+
+
 def run():
   try:
-    app.run(main)
-  except (ValueError, FileNotFoundError, RuntimeError) as e:  # bad input: one line, non-zero exit
+    app.run(main, flags_parser=_parse_flags)
+  except (ValueError, OSError, RuntimeError) as e:  # bad input, failed write: one line, non-zero exit
     raise SystemExit(f"error: {e}") from None
 
 

@@ -10,8 +10,10 @@ Imported models (mebert.interop) write params and config only.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import re
 
 import jax
 import orbax.checkpoint as ocp
@@ -24,7 +26,24 @@ log = logging.getLogger(__name__)
 
 
 class CheckpointError(RuntimeError):
-  """A checkpoint exists but cannot be used; the message names the step and path."""
+  """A checkpoint exists but cannot be used, or cannot be written; the message names the step and
+  path."""
+
+
+_WRITE_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EIO)
+
+
+def _write_failure(e: BaseException) -> str:
+  """The cause of a failed write in a few words: tensorstore's messages carry a whole JSON spec,
+  so they are reduced to the operating system's reason (e.g. 'No space left on device') when
+  one is named, and cut short otherwise."""
+  text = str(e)
+  for code in _WRITE_ERRNOS:
+    if getattr(e, "errno", None) == code and getattr(e, "strerror", None):
+      return f"{e.strerror} ({errno.errorcode[code]})"
+    if os.strerror(code) in text:
+      return f"{os.strerror(code)} ({errno.errorcode[code]})"
+  return re.sub(r"\s+", " ", f"{type(e).__name__}: {text}")[:300]
 
 
 def checkpoint_dir(workdir: str) -> epath.Path:
@@ -54,12 +73,17 @@ class Checkpointer:
                async_save: bool = True):
     self.workdir = workdir
     self.manager = _manager(workdir, keep=keep, best_metric=best_metric, async_save=async_save)
+    self._in_flight: int | None = None  # the step an asynchronous save may still be writing
 
   def all_steps(self) -> list[int]:
     return list(self.manager.all_steps())
 
   def save(self, step: int, state, data_iterator, config_dict: dict, metrics: dict | None = None,
            force: bool = False) -> bool:
+    # An asynchronous save reports a failed write only when it is next waited for: wait here, so
+    # that the error names the step whose write failed, not the one after it.
+    self.wait()
+    self._check_room(step, state)
     items = dict(
         params=ocp.args.StandardSave(state.params),
         opt=ocp.args.StandardSave({"step": state.step, "opt_state": state.opt_state,
@@ -69,10 +93,42 @@ class Checkpointer:
     if data_iterator is not None:
       items["data"] = distributed.DataSave(data_iterator)  # grain's files; elastic restore
     try:
-      return self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=force)
-    except (OSError, ValueError) as e:
-      raise CheckpointError(f"could not write checkpoint step {step} to {checkpoint_dir(self.workdir)}: "
-                            f"{type(e).__name__}: {e}") from e
+      saved = self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=force)
+    except Exception as e:  # noqa: BLE001 - OSError, or tensorstore's ValueError, ...
+      raise self._write_error(step, e) from e
+    if saved:
+      self._in_flight = step
+    return saved
+
+  def _check_room(self, step: int, state) -> None:
+    """On a local disk, a read-only or full checkpoint directory fails here, at once, with the
+    reason: inside Orbax's asynchronous save such a failure surfaces minutes later as a timeout of
+    its background threads."""
+    directory = checkpoint_dir(self.workdir)
+    if "://" in str(directory):  # a bucket: no file system to ask
+      return
+    try:
+      directory.mkdir(parents=True, exist_ok=True)
+      probe = directory / f".write-probe-{jax.process_index()}"
+      probe.write_bytes(b"\0")
+      probe.unlink()
+      stat = os.statvfs(directory)
+    except OSError as e:
+      raise self._write_error(step, e) from e
+    free = stat.f_bavail * stat.f_frsize
+    # Uncompressed size of this process's share: float32 weights barely compress.
+    needed = sum(getattr(x, "nbytes", 0) for x in jax.tree.leaves(state)) / jax.process_count()
+    if free < needed:
+      raise self._write_error(step, OSError(
+          errno.ENOSPC, f"{os.strerror(errno.ENOSPC)}: step {step} needs about "
+          f"{needed / 2**20:.1f} MiB, {free / 2**20:.1f} MiB free"))
+
+  def _write_error(self, step: int, e: BaseException) -> CheckpointError:
+    self._in_flight = None
+    good = [s for s in self.manager.all_steps() if s != step]
+    return CheckpointError(
+        f"could not write checkpoint step {step} to {checkpoint_dir(self.workdir)}: "
+        f"{_write_failure(e)}; the steps already written ({sorted(good) or 'none'}) are intact")
 
   def restore_latest(self, abstract_state, data_iterator):
     """Restores the newest readable step into `abstract_state` (which carries the target
@@ -84,7 +140,8 @@ class Checkpointer:
         return step, self._restore(step, abstract_state, data_iterator)
       except Exception as e:  # noqa: BLE001 - any unreadable step: report it, try the one before
         path = checkpoint_dir(self.workdir) / str(step)
-        msg = f"checkpoint step {step} at {path} is unreadable ({type(e).__name__}: {str(e)[:300]})"
+        reason = re.sub(r"\s+", " ", str(e))[:300]  # one line: Orbax's messages span several
+        msg = f"checkpoint step {step} at {path} is unreadable ({type(e).__name__}: {reason})"
         log.warning("%s; trying the previous step", msg)
         failures.append(msg)
     if failures:
@@ -108,10 +165,15 @@ class Checkpointer:
         nonfinite_in_row=opt["nonfinite_in_row"], nonfinite_total=opt["nonfinite_total"])
 
   def wait(self):
-    self.manager.wait_until_finished()
+    """Blocks until the pending save is on disk; a failed write raises CheckpointError."""
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:  # noqa: BLE001
+      raise self._write_error(self._in_flight if self._in_flight is not None else -1, e) from e
+    self._in_flight = None
 
   def close(self):
-    self.manager.wait_until_finished()
+    self.wait()
     self.manager.close()
 
 

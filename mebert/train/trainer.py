@@ -195,12 +195,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
   """Pretrains to config.train.num_steps, resuming from the workdir; returns the final eval."""
   exp = Experiment(config, workdir)
   train_cfg = config.train
-  write_json(workdir, "config.json", config.to_dict())
-  writer = MetricWriter(workdir)
   ckpt = checkpoints.Checkpointer(workdir, keep=int(config.checkpoint.keep),
                                   best_metric=config.checkpoint.best_metric or None,
                                   async_save=bool(config.checkpoint.async_save))
   train_iter = exp.data_iterator("train")
+  if ckpt.all_steps():
+    _check_same_architecture(config, workdir)
   restored = ckpt.restore_latest(exp.abstract_state, train_iter)
   if restored is not None:
     start_step, state = restored
@@ -208,6 +208,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   else:
     start_step, state = 0, exp.init_state()
     state = init_from.maybe_initialize(state, config, exp)
+  # Only now that data, checkpoint and init all check out: a bad input leaves the workdir as it was.
+  write_json(workdir, "config.json", config.to_dict())
+  writer = MetricWriter(workdir)
   train_step = exp.jitted_train_step()
   num_steps = int(train_cfg.num_steps)
   log_every, eval_every = int(train_cfg.log_every), int(config.eval.every_steps)
@@ -276,6 +279,29 @@ def train_and_evaluate(config, workdir: str) -> dict:
   _close(train_iter)
   write_json(workdir, f"eval_step_{step}.json", final)
   return final
+
+
+# The model keys that decide parameter shapes or layout: a resumed run must keep them.
+ARCHITECTURE_KEYS = ("hidden_size", "num_layers", "num_heads", "intermediate_size", "hidden_act",
+                     "max_position_embeddings", "type_vocab_size", "position_encoding",
+                     "use_segment_embeddings", "encoding_fusion", "pre_layer_norm", "use_bias",
+                     "scan_layers", "param_dtype")
+
+
+def _check_same_architecture(config, workdir: str) -> None:
+  """Resuming with another architecture fails here, naming the keys, rather than deep inside
+  Orbax's restore with a shape error."""
+  path = epath.Path(workdir) / "config.json"
+  try:
+    saved = json.loads(path.read_text())["model"]
+  except (OSError, ValueError, KeyError, TypeError):
+    return  # an imported or older workdir: the restore itself checks the shapes
+  changed = [f"model.{k}={config.model[k]!r} (checkpoint: {saved[k]!r})"
+             for k in ARCHITECTURE_KEYS if k in saved and k in config.model and saved[k] != config.model[k]]
+  if changed:
+    raise ValueError(f"{workdir} holds checkpoints of another architecture: {', '.join(changed)}; "
+                     "resume with the run's own model config, or train in a new workdir "
+                     "(init.checkpoint=... starts from these weights)")
 
 
 def _numeric(metrics: dict | None) -> dict:
