@@ -46,6 +46,14 @@ def _auto_detected_cluster(env) -> bool:
           or int(env.get("MEGASCALE_NUM_SLICES", "1")) > 1)
 
 
+_runtime_started = False
+
+
+def runtime_started() -> bool:
+  """Whether this process joined JAX's multi-controller runtime (jax.distributed.initialize)."""
+  return _runtime_started
+
+
 def initialize_from_environment() -> None:
   env = os.environ
   if env.get("MEBERT_COORDINATOR_ADDRESS"):
@@ -60,6 +68,8 @@ def initialize_from_environment() -> None:
     jax.distributed.initialize()  # auto-detects SLURM, Open MPI and Cloud TPU pods
   else:
     return
+  global _runtime_started
+  _runtime_started = True
   log.info("process %d of %d, %d local / %d global devices", jax.process_index(),
            jax.process_count(), jax.local_device_count(), jax.device_count())
   if jax.process_index() != 0 and not env.get("MEBERT_LOG_ALL_PROCESSES"):

@@ -165,19 +165,36 @@ def _close(iterator) -> None:
 
 
 class _StopSignal:
-  """SIGTERM/SIGINT set a flag; the loop saves a checkpoint at the current step and exits."""
+  """A preemption notice: the loop saves a checkpoint at the current step and exits cleanly.
 
-  def __init__(self):
+  One process: SIGTERM/SIGINT set a flag. Under jax.distributed: JAX's preemption service takes
+  SIGTERM (on any one host is enough), tells every host, and `reached_preemption_sync_point` turns
+  True at the same step on all of them, so all save that step together; Python's handlers stay out
+  of its way, since one host saving a step the others never reach would hang the collective save.
+  """
+
+  def __init__(self, distributed_runtime: bool = False):
     self.received = None
+    self._distributed = distributed_runtime
     self._previous = {}
 
   def __enter__(self):
-    for sig in (signal.SIGTERM, signal.SIGINT):
-      self._previous[sig] = signal.signal(sig, self._handle)
+    if not self._distributed:
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self._previous[sig] = signal.signal(sig, self._handle)
     return self
 
   def _handle(self, signum, frame):
     self.received = signal.Signals(signum).name
+
+  def check(self, step: int) -> bool:
+    """Called after every step, on every process: whether to save `step` and exit."""
+    if self._distributed:
+      from jax.experimental import multihost_utils
+
+      if multihost_utils.reached_preemption_sync_point(step):
+        self.received = "SIGTERM (JAX preemption sync point)"
+    return self.received is not None
 
   def __exit__(self, *exc):
     for sig, handler in self._previous.items():
@@ -223,7 +240,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                        disable=jax.process_index() != 0, dynamic_ncols=True)
   sums, last_log_time, last_log_step = None, time.perf_counter(), start_step
   step = start_step
-  with exp.sharding_context(), _StopSignal() as stop:
+  with exp.sharding_context(), _StopSignal(distributed.runtime_started()) as stop:
     while step < num_steps:
       if profile and step == profile[0]:
         jax.profiler.start_trace(str(epath.Path(workdir) / "profile"))
@@ -259,9 +276,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
       if step % eval_every == 0 and step != num_steps:
         eval_metrics = exp.evaluate(state.params)
         writer.write_scalars(step, _numeric(eval_metrics), prefix="eval")
-      if step % save_every == 0 or stop.received:
-        ckpt.save(step, state, train_iter, config_dict, metrics=_numeric(eval_metrics) or None)
-      if stop.received:
+      preempted = stop.check(step)
+      if step % save_every == 0 or preempted:
+        ckpt.save(step, state, train_iter, config_dict, metrics=_numeric(eval_metrics) or None,
+                  force=preempted)
+      if preempted:
         log.warning("%s received: saved step %d, exiting", stop.received, step)
         ckpt.close()
         writer.close()

@@ -120,3 +120,65 @@ def test_two_processes_checkpoint_then_resume_on_one_and_on_four(tmp_path):
     np.testing.assert_allclose(metrics_4[step]["loss"], metrics_1[step]["loss"], atol=1e-5)
   for a, b in zip(jax.tree.leaves(params_1), jax.tree.leaves(params_4)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+
+
+def _worker_pids(workdir) -> dict[int, int]:
+  """process index -> pid of the `python -m mebert.train` workers of a run in `workdir`."""
+  pids = {}
+  for entry in os.listdir("/proc"):
+    if not entry.isdigit():
+      continue
+    try:
+      cmdline = open(f"/proc/{entry}/cmdline", "rb").read().split(b"\0")
+      environ = open(f"/proc/{entry}/environ", "rb").read().split(b"\0")
+    except OSError:
+      continue
+    if b"mebert.train" in cmdline and f"--workdir={workdir}".encode() in cmdline:
+      for item in environ:
+        if item.startswith(b"MEBERT_PROCESS_ID="):
+          pids[int(item.split(b"=", 1)[1])] = int(entry)
+  return pids
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_of_two_processes_saves_the_same_step_on_both(tmp_path):
+  """A preemption notice reaches one host: JAX's preemption service tells the other, both save the
+  same step and exit cleanly, and the run resumes from it."""
+  import json
+  import signal
+  import time
+
+  workdir = tmp_path / "run"
+  flags = ["--config=configs/pretrain/tiny.py", f"--workdir={workdir}",
+           "--config.train.num_steps=100000", "--config.mesh.data=4"]
+  flags += [f"--config.{k}={v}" for k, v in {**OVERRIDES, "checkpoint.every_steps": 1000}.items()]
+  env = dict(os.environ, PYTHON=sys.executable, MEBERT_TOTAL_CPU_DEVICES="4", QUIET="1",
+             LOG_DIR=str(workdir / "logs"))
+  launcher = subprocess.Popen(["bash", str(H.REPO / "launch" / "local.sh"), "2", *flags],
+                              cwd=H.REPO, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+  try:
+    deadline = time.time() + 600
+    while time.time() < deadline:
+      metrics = workdir / "metrics.jsonl"
+      if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
+        break
+      assert launcher.poll() is None, "the run ended before it could be preempted"
+      time.sleep(0.5)
+    pids = _worker_pids(workdir)
+    assert sorted(pids) == [0, 1], pids
+    os.kill(pids[1], signal.SIGTERM)  # process 1 only
+    assert launcher.wait(timeout=300) == 0
+  finally:
+    if launcher.poll() is None:
+      launcher.kill()
+  steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+  assert len(steps) == 1, steps  # every_steps=1000: this is the preemption save
+  saved = steps[0]
+  logs = {p.name: p.read_text() for p in (workdir / "logs").glob("*.log")}
+  assert len(logs) == 2 and all(f"saved step {saved}, exiting" in text for text in logs.values()), \
+      {name: text[-1500:] for name, text in logs.items()}
+  written = [json.loads(l)["step"] for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert max(written) == saved
+  _launch(2, workdir, saved + 2, (4, 1, 1))  # resumes from the preemption checkpoint
+  assert max(_train_metrics(workdir)) == saved + 2

@@ -103,27 +103,40 @@ def _tiny_flags():
 
 
 @pytest.mark.slow
-def test_sigkill_midway_then_rerun_matches_uninterrupted(uninterrupted, tmp_path):
+def test_killed_at_three_random_steps_ends_bitwise_equal_to_uninterrupted(uninterrupted, tmp_path):
+  """SIGKILL at three random steps (checkpoints every 3 of 8 steps), each time the same command
+  again: the losses of every step and the final parameters equal the uninterrupted run's."""
+  import random
+
+  import jax
+
+  from mebert.train import checkpoints
+
   full_dir, _ = uninterrupted
   flags = _tiny_flags() + ["--config.checkpoint.async_save=False"]
-  env = subprocess_env()
-  proc = subprocess.Popen(
-      [sys.executable, "-m", "mebert.train", "--config=configs/pretrain/tiny.py",
-       f"--workdir={tmp_path}", *flags], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-      stderr=subprocess.DEVNULL)
-  deadline = time.time() + 240
-  while time.time() < deadline:
-    metrics = tmp_path / "metrics.jsonl"
-    if metrics.exists() and max(read_losses(tmp_path) or {0: 0}) >= 5:
-      break
-    time.sleep(0.2)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  assert max(read_losses(tmp_path)) < 8, "the run finished before it could be killed"
+  kill_after = sorted(random.Random(1234).sample(range(2, 8), 3))
+  for threshold in kill_after:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mebert.train", "--config=configs/pretrain/tiny.py",
+         f"--workdir={tmp_path}", *flags], cwd=REPO, env=subprocess_env(),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+      metrics = tmp_path / "metrics.jsonl"
+      if metrics.exists() and max(read_losses(tmp_path) or {0: 0}) >= threshold:
+        break
+      time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert max(read_losses(tmp_path)) < 8, f"the run finished before the kill after {threshold}"
   result = _cli(tmp_path, *flags)
   assert result.returncode == 0, result.stderr[-2000:]
   full, resumed = read_losses(full_dir), read_losses(tmp_path)
   np.testing.assert_array_equal([resumed[s] for s in range(1, 9)], [full[s] for s in range(1, 9)])
+  a, _ = checkpoints.restore_params(str(full_dir), 8)
+  b, _ = checkpoints.restore_params(str(tmp_path), 8)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 @pytest.mark.slow
