@@ -5,6 +5,8 @@ import pathlib
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Tests build the built-in corpus many times: keep the extracted documents (child processes too).
+os.environ.setdefault("MEBERT_CACHE_DIR", "/tmp/mebert-test-cache")
 
 import jax  # noqa: E402
 

@@ -75,12 +75,16 @@ def _extract(root: str, files: list[str], stats: dict[str, int]) -> list[str]:
   return docs
 
 
-def _cache_path(root: str, files: list[str]) -> str:
+def _cache_path(root: str, files: list[str]) -> str | None:
+  """Where the extracted corpus is kept between runs: only where MEBERT_CACHE_DIR says, since a
+  run writes nothing outside its workdir unless asked (extraction takes a few seconds)."""
+  cache_dir = os.environ.get("MEBERT_CACHE_DIR")
+  if not cache_dir:
+    return None
   h = hashlib.sha256(f"{_CACHE_FORMAT}|{sys.version}|{root}".encode())
   for rel in files:
     st = os.stat(os.path.join(root, rel))
     h.update(f"|{rel}:{st.st_size}:{st.st_mtime_ns}".encode())
-  cache_dir = os.environ.get("MEBERT_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "mebert")
   return os.path.join(cache_dir, f"builtin-corpus-{h.hexdigest()[:16]}.json")
 
 
@@ -90,6 +94,8 @@ def builtin_documents(stats: dict[str, int] | None = None) -> list[str]:
   root = sysconfig.get_paths()["stdlib"]
   files = _stdlib_files(root)
   path = _cache_path(root, files)
+  if path is None:
+    return _extract(root, files, stats)
   try:
     with open(path, encoding="utf-8") as f:
       cached = json.load(f)

@@ -127,3 +127,17 @@ def test_sigterm_saves_the_current_step_and_exits_cleanly(tmp_path):
   steps = [int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
   assert steps and 3 <= max(steps) < 400
   assert "SIGTERM received" in err
+
+
+def test_a_run_writes_nothing_outside_its_workdir(tmp_path, monkeypatch):
+  """No cache in the home directory, nothing in the working directory: everything a run keeps
+  (vocabulary, checkpoints, logs) is under --workdir."""
+  home, cwd = tmp_path / "home", tmp_path / "cwd"
+  home.mkdir()
+  cwd.mkdir()
+  monkeypatch.setenv("HOME", str(home))
+  monkeypatch.delenv("MEBERT_CACHE_DIR", raising=False)
+  monkeypatch.chdir(cwd)
+  trainer.train_and_evaluate(tiny_config(**{"train.num_steps": 2}), str(tmp_path / "w"))
+  assert list(home.rglob("*")) == [] and list(cwd.rglob("*")) == []
+  assert (tmp_path / "w" / "vocab" / "spm.model").exists()
