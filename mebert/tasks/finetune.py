@@ -220,8 +220,7 @@ class FineTuning:
         window.append(metrics)  # device arrays: fetched once per log window, no per-step sync
         eval_now = step % eval_every == 0 or step == self.num_steps
         if step % log_every == 0 or eval_now:  # a window never spans an eval: eval is not training
-          in_row = self._log_window(writer, step, window, time.perf_counter() - window_start,
-                                    totals)
+          in_row = self._log_window(writer, step, window, window_start, totals)
           if in_row >= int(config.train.max_nonfinite_in_row):
             ckpt.close()
             raise RuntimeError(f"{in_row} non-finite (NaN/Inf) steps in a row at step {step}; "
@@ -246,9 +245,12 @@ class FineTuning:
     _write_json(os.path.join(workdir, "eval_results.json"), final)
     return final
 
-  def _log_window(self, writer, step, window: list[dict], elapsed, totals) -> int:
+  def _log_window(self, writer, step, window: list[dict], window_start: float, totals) -> int:
     """Writes the window's train scalars; returns the non-finite-steps-in-a-row count."""
     fetched = jax.device_get(window)
+    # Timed after the fetch: steps are dispatched asynchronously, so the clock at the last
+    # dispatch undercounts the window by whatever the device had still queued.
+    elapsed = time.perf_counter() - window_start
     host = {k: np.sum([m[k] for m in fetched], axis=0) for k in fetched[0]}
     totals["train_s"] += elapsed
     totals["tokens"] += float(host["tokens"])
