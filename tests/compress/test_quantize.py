@@ -134,7 +134,7 @@ def test_tiny_model_outputs_close_to_fp32(scan):
 def test_sharded_task_runtime_matches_fp32(vocab_file, tmp_path):
   """On a 2x2x2 (data, fsdp, tensor) mesh: int8 values keep their weight's sharding, scales drop the
   reduced axis, and the int8 probabilities stay next to fp32's."""
-  from conftest import synthetic_tsv, tiny_config  # pylint: disable=import-error
+  from compress_helpers import synthetic_tsv, tiny_config  # pylint: disable=import-error
   from mebert.tasks import batching, inference
 
   c = tiny_config(vocab_file, synthetic_tsv(tmp_path / "t.tsv", 16))
