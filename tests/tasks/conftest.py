@@ -22,7 +22,10 @@ def synthetic_sentences(n: int, seed: int = 0) -> list[str]:
 
 
 def _texts(shared: pathlib.Path | None) -> list[str]:
-  texts = synthetic_sentences(500)
+  # Every letter as a first and a following piece, twice (min_frequency=2): without ../shared/data, a real word such as a name still
+  # splits into pieces instead of becoming [UNK].
+  letters = "abcdefghijklmnopqrstuvwxyz"
+  texts = synthetic_sentences(500) + [" ".join(a + b for a in letters for b in letters)] * 2
   if shared is None:
     return texts
   for name in ("sst2/train.tsv", "mrpc/train.tsv", "rte/train.tsv"):
