@@ -115,12 +115,12 @@ def predict_probs(rt: Runtime, params, enc: batching.Encoded, batch_size: int, b
       out[rows[real]] = result[real]
       continue
     for j in np.flatnonzero(real):
-      out[rows[j]] = _word_probs(result[j], enc.word_ids[rows[j]], int(enc.num_words[rows[j]]),
+      out[rows[j]] = word_probs(result[j], enc.word_ids[rows[j]], int(enc.num_words[rows[j]]),
                                  rt.labels, truncated_tag)
   return out
 
 
-def _word_probs(probs_LxC, word_ids, num_words: int, labels, truncated_tag: str) -> np.ndarray:
+def word_probs(probs_LxC, word_ids, num_words: int, labels, truncated_tag: str) -> np.ndarray:
   fallback = np.zeros(len(labels), np.float32)
   fallback[labels.index(truncated_tag) if truncated_tag in labels else 0] = 1.0
   words = np.tile(fallback, (num_words, 1))
