@@ -23,6 +23,12 @@ from mebert.train.steps import TrainState
 INPUTS = ("input_ids", "token_type_ids", "segment_ids")
 
 
+def model_inputs(batch: dict) -> dict:
+  """The model's keyword inputs present in a batch (packed batches add positions, cls_positions)."""
+  return {k: batch[k] for k in ("input_ids", "token_type_ids", "segment_ids", "positions",
+                                "cls_positions") if k in batch}
+
+
 def _weights(batch: dict, kind: str):
   if kind == "token_classification":  # labelled first pieces of words in real rows
     return (batch["labels"] >= 0).astype(jnp.float32) * batch["weights"][:, None]
