@@ -9,7 +9,13 @@ Batching is sort-free bucketing: a shuffled epoch is dealt into per-bucket queue
 smallest of data.buckets that fits the row), and a queue that reaches batch_size becomes a batch
 padded to its bucket length. Short sentences never pay for long ones, batches stay random within a
 bucket, and the step compiles once per bucket. The leftovers of the epoch are packed into the last
-batches, padded with empty rows (weight 0). Every batch has exactly batch_size rows.
+batches, padded with empty rows (weight 0). Every batch has exactly batch_size rows. Evaluation
+uses this (sorted by length, so its padding is small).
+
+Packing (data.pack, the default for training) goes further: a step's batch_size examples are laid
+end to end in rows of data.pack_length tokens (first-fit decreasing), each its own attention
+segment with positions restarting at 0, so almost no compute goes to padding. Short-sentence tasks
+(SST-2: 13 pieces on average) gain most; the step compiles once per distinct number of rows.
 """
 
 from __future__ import annotations
@@ -217,6 +223,88 @@ def make_batch(enc: Encoded, rows: np.ndarray, length: int, kind: str, pad_id: i
         labels[j, :n] = enc.labels[r]
       else:
         labels[j] = enc.labels[r]
+  batch["labels"] = labels
+  return batch
+
+
+# --- Packing: a step's examples laid end to end in rows of pack_length ------------------------------
+
+
+def pack_groups(lengths: np.ndarray, pack_length: int, max_segments: int) -> list[list[int]]:
+  """First-fit decreasing: positions into `lengths` grouped into rows of at most pack_length tokens
+  and max_segments examples. Deterministic (stable sort), so a resumed run packs alike."""
+  rows: list[list[int]] = []
+  room: list[int] = []
+  for i in np.argsort(-np.asarray(lengths), kind="stable"):
+    n = int(lengths[i])
+    if n > pack_length:
+      raise ValueError(f"a row of {n} tokens exceeds data.pack_length={pack_length}")
+    for r, free in enumerate(room):
+      if n <= free and len(rows[r]) < max_segments:
+        rows[r].append(int(i))
+        room[r] -= n
+        break
+    else:
+      rows.append([int(i)])
+      room.append(pack_length - n)
+  return rows
+
+
+def packed_train_batches(lengths: np.ndarray, batch_size: int, pack_length: int, max_segments: int,
+                         row_multiple: int, seed: int, epoch: int) -> list[tuple[np.ndarray, int]]:
+  """One epoch as (example indices [batch_size], -1 = none; number of packed rows) pairs: the same
+  shuffled batch_size examples per step as unpacked batching would take, so the recipe (batch 32,
+  steps per epoch) is unchanged; only padding goes. Row counts are rounded up to row_multiple (data
+  parallelism x accumulation), so the step compiles once per distinct row count."""
+  order = np.random.default_rng([seed, epoch]).permutation(len(lengths))
+  batches = []
+  for start in range(0, len(order), batch_size):
+    chunk = order[start:start + batch_size]
+    rows = np.full(batch_size, -1, np.int64)
+    rows[:len(chunk)] = chunk
+    num_rows = len(pack_groups(lengths[chunk], pack_length, max_segments))
+    batches.append((rows, -(-num_rows // row_multiple) * row_multiple))
+  return batches
+
+
+def make_packed_batch(enc: Encoded, rows: np.ndarray, num_rows: int, pack_length: int,
+                      max_segments: int, kind: str, pad_id: int = 0) -> dict:
+  """The examples `rows` (-1 = none) packed into [num_rows, pack_length]. Each example is one
+  segment (segment_ids 1, 2, ... in its row; 0 = padding) whose positions restart at 0, so
+  attention and position encodings see it exactly as if alone. Sequence tasks read the pooled
+  vector at cls_positions [num_rows, max_segments]; their labels and weights are [num_rows,
+  max_segments] (weight 0 = empty slot). Token tasks keep per-position labels [num_rows, L]."""
+  real = rows[rows >= 0]
+  groups = pack_groups(enc.lengths[real], pack_length, max_segments)
+  if len(groups) > num_rows:
+    raise ValueError(f"{len(groups)} packed rows do not fit the batch's {num_rows}")
+  shape = (num_rows, pack_length)
+  batch = {"input_ids": np.full(shape, pad_id, np.int32), "token_type_ids": np.zeros(shape, np.int32),
+           "segment_ids": np.zeros(shape, np.int32), "positions": np.zeros(shape, np.int32),
+           "cls_positions": np.zeros((num_rows, max_segments), np.int32),
+           "weights": np.zeros((num_rows, max_segments), np.float32)}
+  token_task = kind == "token_classification"
+  if token_task:
+    labels = np.full(shape, -1, np.int32)
+  else:
+    labels = np.zeros((num_rows, max_segments), np.float32 if kind == "regression" else np.int32)
+  for r, group in enumerate(groups):
+    offset = 0
+    for s, g in enumerate(group):
+      i, n = int(real[g]), int(enc.lengths[real[g]])
+      span = slice(offset, offset + n)
+      batch["input_ids"][r, span] = enc.input_ids[i]
+      batch["token_type_ids"][r, span] = enc.token_type_ids[i]
+      batch["segment_ids"][r, span] = s + 1
+      batch["positions"][r, span] = np.arange(n)
+      batch["cls_positions"][r, s] = offset
+      batch["weights"][r, s] = 1.0
+      if enc.labels is not None:
+        if token_task:
+          labels[r, span] = enc.labels[i]
+        else:
+          labels[r, s] = enc.labels[i]
+      offset += n
   batch["labels"] = labels
   return batch
 

@@ -56,6 +56,12 @@ def finetune_defaults() -> config_dict.ConfigDict:
   # Dynamic padding: each batch is padded to the smallest of these lengths that fits its longest
   # row; () = powers of two from 16 up to seq_len. One compiled step per bucket.
   c.data.buckets = ()
+  # Packing (training only): each step's batch_size examples go end to end into rows of
+  # pack_length tokens (0 = seq_len), one attention segment each, so padding costs almost nothing.
+  # One compiled step per distinct row count. False = dynamic padding with data.buckets.
+  c.data.pack = True
+  c.data.pack_length = 0
+  c.data.pack_max_segments = 0  # 0 = min(train.batch_size, pack_length // 2)
 
   c.model = model_defaults()  # random init only; with init.* the architecture comes from the source
   c.init = config_dict.ConfigDict()

@@ -147,17 +147,44 @@ class FineTuning:
     self.enc_dev = batching.encode_examples(self.dev_ex, self.tokenizer, self.kind, self.labels,
                                             seq_len, labeled=False)
     self.buckets = batching.bucket_lengths(seq_len, tuple(self.config.data.buckets))
+    data = self.config.data
+    self.pack = bool(data.pack)
+    self.pack_length = int(data.pack_length) or seq_len
+    if self.pack and self.pack_length < seq_len:
+      raise ValueError(f"data.pack_length={self.pack_length} is shorter than data.seq_len={seq_len}")
+    # Every example is at least [CLS] [SEP]: more segments than pack_length // 2 never fit a row.
+    self.max_segments = int(data.pack_max_segments) or min(int(self.config.train.batch_size),
+                                                             self.pack_length // 2)
     log.info("%d train / %d dev examples, %d labels, tokenized in %.1fs (%s)", len(self.train_ex),
              len(self.dev_ex), len(self.labels), time.perf_counter() - t, self.source.origin)
 
   def _size(self):
     """Steps per epoch under bucketing, total steps (train.num_steps or num_epochs), warmup."""
     train = self.config.train
-    self.per_epoch = batching.steps_per_epoch(self.enc_train.lengths, self.buckets,
-                                              int(train.batch_size))
+    if self.pack:
+      self.per_epoch = -(-len(self.enc_train) // int(train.batch_size))
+    else:
+      self.per_epoch = batching.steps_per_epoch(self.enc_train.lengths, self.buckets,
+                                                int(train.batch_size))
     self.num_steps = int(train.num_steps) or max(1, math.ceil(float(train.num_epochs) * self.per_epoch))
     warmup = int(train.warmup_steps)
     self.warmup = warmup if warmup >= 0 else int(round(float(train.warmup_ratio) * self.num_steps))
+
+  def _epoch_batches(self, epoch: int) -> list[tuple[np.ndarray, int]]:
+    """(example indices, rows or padded length) per step; deterministic in (seed, epoch)."""
+    seed = int(self.config.seed)
+    if not self.pack:
+      return batching.train_batches(self.enc_train.lengths, self.buckets, self.batch_size, seed,
+                                    epoch)
+    row_multiple = self.rt.dp * jax.process_count() * int(self.config.train.grad_accum_steps)
+    return batching.packed_train_batches(self.enc_train.lengths, self.batch_size, self.pack_length,
+                                         self.max_segments, row_multiple, seed, epoch)
+
+  def _batch(self, rows: np.ndarray, size: int) -> dict:
+    if self.pack:
+      return batching.make_packed_batch(self.enc_train, rows, size, self.pack_length,
+                                        self.max_segments, self.kind, self.tokenizer.pad_id)
+    return batching.make_batch(self.enc_train, rows, size, self.kind, self.tokenizer.pad_id)
 
   def initial_state(self, ckpt):
     """(step, state, stopper): the latest checkpoint and early-stopping record, else a fresh
@@ -211,10 +238,8 @@ class FineTuning:
       while step < self.num_steps and not stopper.stopped:
         if step // self.per_epoch != epoch:  # the epoch's batches, replayed exactly on resume
           epoch = step // self.per_epoch
-          epoch_batches = batching.train_batches(self.enc_train.lengths, self.buckets,
-                                                 self.batch_size, int(config.seed), epoch)
-        rows, length = epoch_batches[step % self.per_epoch]
-        batch = batching.make_batch(self.enc_train, rows, length, self.kind, self.tokenizer.pad_id)
+          epoch_batches = self._epoch_batches(epoch)
+        batch = self._batch(*epoch_batches[step % self.per_epoch])
         state, metrics = self.compiled.train_step(state, self.rt.global_batch(batch), seed)
         step += 1
         window.append(metrics)  # device arrays: fetched once per log window, no per-step sync

@@ -16,7 +16,8 @@ from mebert.model.encoder import BertModel
 
 
 class BertForTask(nn.Module):
-  """Logits [B, C] (sequence tasks) or [B, L, C] (token_classification)."""
+  """Logits [B, C] (sequence tasks) or [B, L, C] (token_classification). Packed rows (see
+  tasks.batching) pass positions and cls_positions [B, S]: sequence logits are then [B, S, C]."""
 
   config: ModelConfig
   kind: str
@@ -25,9 +26,11 @@ class BertForTask(nn.Module):
   deterministic: bool = True
 
   @nn.compact
-  def __call__(self, input_ids, token_type_ids=None, segment_ids=None):
+  def __call__(self, input_ids, token_type_ids=None, segment_ids=None, positions=None,
+               cls_positions=None):
     cfg = self.config
-    out = BertModel(cfg, self.deterministic, name="bert")(input_ids, token_type_ids, segment_ids)
+    out = BertModel(cfg, self.deterministic, name="bert")(
+        input_ids, token_type_ids, segment_ids, positions=positions, cls_positions=cls_positions)
     x = out.sequence_output if self.kind == "token_classification" else out.pooled_output
     rate = cfg.dropout_rate if self.classifier_dropout < 0 else self.classifier_dropout
     x = nn.Dropout(rate, deterministic=self.deterministic)(x)

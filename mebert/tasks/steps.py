@@ -21,6 +21,12 @@ from mebert.train import steps as train_steps_lib
 from mebert.train.steps import TrainState
 
 INPUTS = ("input_ids", "token_type_ids", "segment_ids")
+PACKED_INPUTS = ("positions", "cls_positions")  # only in packed batches
+
+
+def model_inputs(batch: dict) -> dict:
+  """The BertForTask keyword arguments a (packed or padded) batch carries."""
+  return {k: batch[k] for k in INPUTS + PACKED_INPUTS if k in batch}
 
 
 def model_inputs(batch: dict) -> dict:
@@ -30,14 +36,14 @@ def model_inputs(batch: dict) -> dict:
 
 
 def _weights(batch: dict, kind: str):
-  if kind == "token_classification":  # labelled first pieces of words in real rows
-    return (batch["labels"] >= 0).astype(jnp.float32) * batch["weights"][:, None]
-  return batch["weights"]
+  if kind == "token_classification":  # labelled first pieces of words (padding is labelled -1)
+    return (batch["labels"] >= 0).astype(jnp.float32)
+  return batch["weights"]  # [B], or [B, S] for packed rows
 
 
 def task_sums(params, batch: dict, model: nn.Module, rng, kind: str, total):
   """(loss, sums): loss is this (micro-)batch's share of the whole batch's mean loss."""
-  logits = model.apply({"params": params}, *(batch[k] for k in INPUTS), rngs={"dropout": rng})
+  logits = model.apply({"params": params}, **model_inputs(batch), rngs={"dropout": rng})
   w = _weights(batch, kind)
   labels = batch["labels"]
   if kind == "regression":
@@ -78,7 +84,7 @@ def train_step(state: TrainState, batch: dict, seed: jax.Array, *, model: nn.Mod
 
 def predict_step(params, batch: dict, *, model: nn.Module, kind: str):
   """Probabilities [B, C] / [B, L, C], or regression scores [B] (deterministic model)."""
-  logits = model.apply({"params": params}, *(batch[k] for k in INPUTS))
+  logits = model.apply({"params": params}, **model_inputs(batch))
   if kind == "regression":
     return logits[..., 0]
   return jax.nn.softmax(logits, axis=-1)
