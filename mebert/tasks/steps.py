@@ -29,12 +29,6 @@ def model_inputs(batch: dict) -> dict:
   return {k: batch[k] for k in INPUTS + PACKED_INPUTS if k in batch}
 
 
-def model_inputs(batch: dict) -> dict:
-  """The model's keyword inputs present in a batch (packed batches add positions, cls_positions)."""
-  return {k: batch[k] for k in ("input_ids", "token_type_ids", "segment_ids", "positions",
-                                "cls_positions") if k in batch}
-
-
 def _weights(batch: dict, kind: str):
   if kind == "token_classification":  # labelled first pieces of words (padding is labelled -1)
     return (batch["labels"] >= 0).astype(jnp.float32)
