@@ -21,6 +21,11 @@ from jax.ad_checkpoint import checkpoint_name
 from mebert.model.config import ModelConfig
 from mebert.model.dropout import Dropout
 
+# The collection SelfAttention sows its [B, N, L, L] float32 probabilities into ("probs"), only when
+# a caller makes it mutable (e.g. distillation's attention-map loss): apply(..., mutable=[it]).
+# Asking forces the "xla" backend, the only one that materialises the probabilities.
+ATTENTION_PROBS = "attention_probs"
+
 
 def segment_mask(segment_ids: jax.Array) -> jax.Array:
   """[B, 1, L, L] bool: a query attends to keys of its own segment; segment 0 is padding."""
@@ -49,14 +54,17 @@ def _resolve_backend(cfg: ModelConfig, has_bias: bool, dropout_active: bool) -> 
   return "xla"
 
 
-def xla_attention(q, k, v, mask, bias, dropout_fn, dtype):
-  """The reference: scores in float32, masked with the dtype's minimum, softmax, weighted sum."""
+def xla_attention(q, k, v, mask, bias, dropout_fn, dtype, keep_probs=None):
+  """The reference: scores in float32, masked with the dtype's minimum, softmax, weighted sum.
+  `keep_probs`, when given, receives the float32 probabilities before dropout."""
   scores_BxNxLxL = jnp.einsum("bqnd,bknd->bnqk", q, k, preferred_element_type=jnp.float32)
   if bias is not None:
     scores_BxNxLxL = scores_BxNxLxL + bias.astype(jnp.float32)
   scores_BxNxLxL = jnp.where(mask, scores_BxNxLxL, jnp.finfo(jnp.float32).min)
-  probs = jax.nn.softmax(scores_BxNxLxL, axis=-1).astype(dtype)
-  probs = dropout_fn(probs)
+  probs = jax.nn.softmax(scores_BxNxLxL, axis=-1)
+  if keep_probs is not None:
+    keep_probs(probs)
+  probs = dropout_fn(probs.astype(dtype))
   return jnp.einsum("bnqk,bknd->bqnd", probs, v)
 
 
@@ -108,7 +116,12 @@ class SelfAttention(nn.Module):
     q = q * jnp.asarray(cfg.head_dim ** -0.5, q.dtype)
 
     dropout_active = not self.deterministic and cfg.attention_dropout_rate > 0
-    backend = _resolve_backend(cfg, bias is not None, dropout_active)
+    keep_probs = None
+    if self.is_mutable_collection(ATTENTION_PROBS) and not self.is_initializing():  # asked for
+      keep_probs = lambda probs: self.sow(ATTENTION_PROBS, "probs", probs)
+      backend = "xla"
+    else:
+      backend = _resolve_backend(cfg, bias is not None, dropout_active)
     if backend != "xla" and (bias is not None or dropout_active) and backend != "dot_product":
       raise ValueError(f"attention_backend={backend!r} supports neither attention biases nor "
                        "attention dropout; use 'xla' or set attention_dropout_rate=0")
@@ -120,7 +133,8 @@ class SelfAttention(nn.Module):
           scale=1.0, implementation="cudnn" if backend == "cudnn" else None)
     else:
       dropout = Dropout(cfg.attention_dropout_rate, deterministic=not dropout_active)
-      out = xla_attention(q, k, v, segment_mask(segment_ids), bias, dropout, cfg.compute_dtype)
+      out = xla_attention(q, k, v, segment_mask(segment_ids), bias, dropout, cfg.compute_dtype,
+                          keep_probs)
     out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
     out = checkpoint_name(out, "attention_out")
     return out.reshape(batch, length, cfg.hidden_size)

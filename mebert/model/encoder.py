@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from mebert.model import positions as positions_lib
-from mebert.model.attention import SelfAttention
+from mebert.model.attention import ATTENTION_PROBS, SelfAttention
 from mebert.model.config import ModelConfig
 from mebert.model.dropout import Dropout
 
@@ -38,6 +38,12 @@ def activation(name: str):
   return {"gelu": lambda x: nn.gelu(x, approximate=False),
           "gelu_tanh": lambda x: nn.gelu(x, approximate=True),
           "relu": nn.relu}[name]
+
+
+# The collection the encoder sows (embeddings output, every layer's output) into as "layers", only
+# when a caller makes it mutable: for heads that do not pass return_hidden_states (a task model
+# under distillation). A scan exposes the last layer only, as with return_hidden_states.
+HIDDEN_STATES = "hidden_states"
 
 
 def constrain_hidden(x):
@@ -175,7 +181,8 @@ class Encoder(nn.Module):
     hidden_states = [x]
     if cfg.scan_layers:
       stack = nn.scan(
-          block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+          block, variable_axes={"params": 0, ATTENTION_PROBS: 0},
+          split_rngs={"params": True, "dropout": True},
           in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=cfg.num_layers,
           metadata_params={nn.PARTITION_NAME: "layers"})
       x, _ = stack(cfg, self.deterministic, name="layer")(x, segment_ids, bias, rotary)
@@ -187,6 +194,8 @@ class Encoder(nn.Module):
     if cfg.pre_layer_norm:
       x = layer_norm(cfg, "final_LayerNorm")(x)
       hidden_states[-1] = x
+    if self.is_mutable_collection(HIDDEN_STATES) and not self.is_initializing():
+      self.sow(HIDDEN_STATES, "layers", tuple(hidden_states))
     return x, tuple(hidden_states) if return_hidden_states else None
 
 
