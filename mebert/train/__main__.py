@@ -46,8 +46,13 @@ def main(argv):
 
     if quantize is not None:
       config.eval.quantize = quantize
-    metrics = finetune.run(config, _WORKDIR.value, _MODE.value, step=_STEP.value,
-                           input_path=_INPUT.value, output_path=_OUTPUT.value)
+    run_task = finetune.run
+    if "distill" in config:  # distillation (mebert.compress.distill): its workdir is a student's
+      from mebert.compress import distill
+
+      run_task = distill.run
+    metrics = run_task(config, _WORKDIR.value, _MODE.value, step=_STEP.value,
+                       input_path=_INPUT.value, output_path=_OUTPUT.value)
   elif _MODE.value == "predict":
     raise ValueError("--mode=predict needs a fine-tuning config (one with a task section)")
   elif _MODE.value == "train":
