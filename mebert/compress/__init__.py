@@ -5,4 +5,10 @@
                  int8 paths of mebert.embed, fine-tuned eval/predict and pretraining eval
   bench_int8.py  python -m mebert.compress.bench_int8: MiniLM int8 vs fp32 embeddings (cosine,
                  weight bytes, sentences/s)
+  distill.py     task distillation (configs with a `distill` section): teacher (fine-tuning workdir
+                 or HF folder), student (teacher layers or config.model), the fine-tuning loop with
+                 the distillation step; the workdir is the student's fine-tuning workdir
+  distill_steps.py  the soft/hard/hidden/attention losses, the projection, the jitted step
+  bench_distill.py  python -m mebert.compress.bench_distill: student vs teacher inference cost
+                 (eval time, examples/s, FLOPs per example) on the held-out split
 """
