@@ -33,4 +33,7 @@ def default_data_config() -> config_dict.ConfigDict:
   c.num_workers = 0  # grain worker processes (0 = in-process); 1-2 on a 2-core machine
   c.read_threads = 2  # grain in-process read threads (per worker)
   c.prefetch_buffer_size = 64  # examples read ahead per worker
+  # Batches put on the devices ahead of the step (0 = none): after a step that waits for the devices
+  # (log, eval, checkpoint) the next one starts without waiting for its transfer.
+  c.device_prefetch = 2
   return c

@@ -28,11 +28,14 @@ import logging
 import os
 import re
 
+import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 from grain.checkpoint import CheckpointHandler as _GrainHandler
+
+from mebert.parallel.prefetch import DevicePrefetcher
 
 log = logging.getLogger(__name__)
 
@@ -103,13 +106,32 @@ def rescaled_state(states: dict[int, dict], process_count: int) -> dict:
 
 
 class ElasticDataHandler(_GrainHandler):
-  """grain's Orbax handler (same files); restores on another process count by rescaling."""
+  """grain's Orbax handler (same files); restores on another process count by rescaling, and takes
+  the trainer's DevicePrefetcher where grain's takes its iterator (whose type picks the format)."""
+
+  def save(self, directory: epath.Path, item=None, args=None):
+    item = item or args.item
+    state = item.get_state()
+    # grain's own format: a DatasetIterator's dict as JSON, a DataLoader's bytes as they are.
+    text = json.dumps(state, indent=4) if _json_state(item) else state.decode()
+    name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+    (epath.Path(directory) / name).write_text(text)
 
   def restore(self, directory: epath.Path, item=None, args=None):
     item = item or args.item
     index, count = jax.process_index(), jax.process_count()
-    if (epath.Path(directory) / f"process_{index}-of-{count}.json").exists():
-      return super().restore(directory, item=item)
+    own = epath.Path(directory) / f"process_{index}-of-{count}.json"
+    if own.exists():
+      text = own.read_text()
+      state = json.loads(text) if _json_state(item) else text.encode()
+    else:
+      state = self._rescaled(directory, count)
+    item.set_state(state)
+    item.start_prefetch()
+    return item
+
+  @staticmethod
+  def _rescaled(directory: epath.Path, count: int) -> dict:
     states, counts = {}, set()
     for path in epath.Path(directory).iterdir():
       match = _STATE_FILE.search(path.name)
@@ -122,9 +144,13 @@ class ElasticDataHandler(_GrainHandler):
     state = rescaled_state(states, count)
     log.info("data iterator: checkpoint written by %d processes, resuming on %d at %s",
              counts.pop(), count, state)
-    item.set_state(state)
-    item.start_prefetch()
-    return item
+    return state
+
+
+def _json_state(item) -> bool:
+  """Whether the iterator (under a DevicePrefetcher, its source) keeps a JSON-able dict state."""
+  base = item.source if isinstance(item, DevicePrefetcher) else item
+  return isinstance(base, grain.DatasetIterator)
 
 
 @ocp.args.register_with_handler(ElasticDataHandler, for_save=True)
