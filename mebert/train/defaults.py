@@ -45,6 +45,9 @@ def pretrain_defaults() -> config_dict.ConfigDict:
   c.train.log_every = 100
   c.train.max_nonfinite_in_row = 10  # stop after this many NaN/Inf steps in a row (each skipped)
   c.train.profile_steps = ""  # "START,STOP": record a jax.profiler trace of those steps
+  # Debug: a device-to-host read between log steps (a stray float(loss)) raises instead of quietly
+  # making every step wait for the devices (mebert/train/host_sync.py).
+  c.train.guard_host_sync = False
 
   c.checkpoint = config_dict.ConfigDict()
   c.checkpoint.every_steps = 1000

@@ -1,8 +1,11 @@
 """Pretraining: build the sharded state, resume or initialise, run the loop, evaluate, checkpoint.
 
-The loop never waits for the device except at log steps: metrics stay on device as running sums,
-batches go out while the previous step still runs (JAX dispatch is asynchronous), and the
-progress bar, TensorBoard and metrics.jsonl are updated every `train.log_every` steps.
+The loop never waits for the devices except at log, eval and checkpoint steps: metrics stay on the
+devices as running sums, the next `data.device_prefetch` batches are put on the devices while the
+step runs (mebert.parallel.prefetch), and the progress bar, TensorBoard and metrics.jsonl are
+updated every `train.log_every` steps. `train.guard_host_sync=True` (a debug option) makes any
+device-to-host read elsewhere in the loop raise (mebert.train.host_sync). The train and eval steps
+are each traced and compiled once per run.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ from mebert.model import positions
 from mebert.model.config import ModelConfig
 from mebert.model.pretraining import BertForPreTraining
 from mebert.parallel import mesh as mesh_lib
-from mebert.train import checkpoints, distributed, init_from, optimizer, steps
+from mebert.parallel.prefetch import DevicePrefetcher
+from mebert.train import checkpoints, distributed, host_sync, init_from, optimizer, steps
 from mebert.train.metric_writer import MetricWriter
 
 log = logging.getLogger(__name__)
@@ -64,6 +68,7 @@ class Experiment:
     self.train_model = BertForPreTraining(self.model_config, deterministic=False)
     self.eval_model = BertForPreTraining(self.model_config, deterministic=True)
     self.batch_sharding = mesh_lib.batch_sharding(self.mesh)
+    self._eval_fn = None  # (model, param shardings, jitted eval step): see evaluate()
     with self.sharding_context():
       self._init_fn = functools.partial(steps.init_train_state, model=self.eval_model, tx=self.tx,
                                         example_batch=_example_batch(config.data))
@@ -100,8 +105,13 @@ class Experiment:
     """MLM loss/accuracy and NSP accuracy on the held-out documents, plus the accuracy of always
     predicting the most frequent masked token (the baseline a model must beat)."""
     num_batches = int(self.config.eval.num_batches)
-    eval_fn = jax.jit(functools.partial(steps.eval_step, model=self.eval_model),
-                      in_shardings=(self.state_shardings.params, self.batch_sharding))
+    # One jit per run, not per evaluation (each new jit traces and compiles again); a new one only
+    # if a caller swapped the model or the shardings (mebert.compress evaluates int8 weights).
+    model, shardings = self.eval_model, self.state_shardings.params
+    if self._eval_fn is None or self._eval_fn[0] is not model or self._eval_fn[1] is not shardings:
+      self._eval_fn = (model, shardings, jax.jit(functools.partial(steps.eval_step, model=model),
+                                                 in_shardings=(shardings, self.batch_sharding)))
+    eval_fn = self._eval_fn[2]
     totals, target_counts = None, np.zeros(self.model_config.vocab_size, np.int64)
     iterator = self.data_iterator("eval")
     with self.sharding_context():
@@ -156,6 +166,10 @@ _MODEL_BATCH_KEYS = steps.MODEL_INPUTS + ("masked_lm_positions", "masked_lm_ids"
 def _model_batch(batch: dict) -> dict:
   """The arrays the step reads (bookkeeping such as example_ids stays on the host)."""
   return {k: batch[k] for k in _MODEL_BATCH_KEYS}
+
+
+# One dispatch per step for all the metric sums (jnp.add over the tree would be one per metric).
+_add_sums = jax.jit(lambda sums, metrics: jax.tree.map(jnp.add, sums, metrics))
 
 
 def _close(iterator) -> None:
@@ -229,6 +243,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
   write_json(workdir, "config.json", config.to_dict())
   writer = MetricWriter(workdir)
   train_step = exp.jitted_train_step()
+  batches = DevicePrefetcher(
+      train_iter, lambda host: mesh_lib.global_batch(_model_batch(host), exp.mesh),
+      int(config.data.device_prefetch))
+  guard = bool(train_cfg.guard_host_sync)
   num_steps = int(train_cfg.num_steps)
   log_every, eval_every = int(train_cfg.log_every), int(config.eval.every_steps)
   save_every = int(config.checkpoint.every_steps)
@@ -244,13 +262,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
     while step < num_steps:
       if profile and step == profile[0]:
         jax.profiler.start_trace(str(epath.Path(workdir) / "profile"))
-      batch = next(train_iter)
-      record_ids(step + 1, batch)
-      with jax.profiler.StepTraceAnnotation("train", step_num=step):
-        state, metrics = train_step(state, mesh_lib.global_batch(_model_batch(batch), exp.mesh))
-      step += 1
-      last_in_row = metrics.pop("nonfinite_in_row")
-      sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
+      with host_sync.no_host_reads(guard):
+        batch, device_batch = next(batches)
+        record_ids(step + 1, batch)
+        with jax.profiler.StepTraceAnnotation("train", step_num=step):
+          state, metrics = train_step(state, device_batch)
+        step += 1
+        batches.fill(limit=num_steps - step)  # while this step runs
+        last_in_row = metrics.pop("nonfinite_in_row")
+        sums = metrics if sums is None else _add_sums(sums, metrics)
       if profile and len(profile) > 1 and step == profile[1]:
         jax.profiler.stop_trace()
       if step % log_every == 0 or step == num_steps:
@@ -278,7 +298,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         writer.write_scalars(step, _numeric(eval_metrics), prefix="eval")
       preempted = stop.check(step)
       if step % save_every == 0 or preempted:
-        ckpt.save(step, state, train_iter, config_dict, metrics=_numeric(eval_metrics) or None,
+        ckpt.save(step, state, batches, config_dict, metrics=_numeric(eval_metrics) or None,
                   force=preempted)
       if preempted:
         log.warning("%s received: saved step %d, exiting", stop.received, step)
@@ -292,10 +312,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
   final["step"] = step
   writer.write_scalars(step, _numeric(final), prefix="eval")
   if step not in ckpt.all_steps():
-    ckpt.save(step, state, train_iter, config_dict, metrics=_numeric(final), force=True)
+    ckpt.save(step, state, batches, config_dict, metrics=_numeric(final), force=True)
   ckpt.close()
   writer.close()
-  _close(train_iter)
+  batches.close()
   write_json(workdir, f"eval_step_{step}.json", final)
   return final
 
