@@ -34,6 +34,15 @@ CASES = {
     # attention. 8 x 512 fits in memory too but takes ~4x as long a step on a 2-core CPU.
     "base-512": Case("base-512", bert_size("base"), batch_size=2, seq_len=512, max_predictions=76,
                      note="batch 2 x 512 (same 1024 tokens per step as base-128)"),
+    # The scaling sweep (BENCHMARKS.md "Scaling"): each size at 128, 256 and 512 tokens with its
+    # token count per step held fixed (the batch shrinks as rows grow), so step time against length
+    # shows what longer attention costs; max_predictions is 15% of the row, as base-512's.
+    "mini-256": Case("mini-256", bert_size("mini"), batch_size=16, seq_len=256, max_predictions=38),
+    "mini-512": Case("mini-512", bert_size("mini"), batch_size=8, seq_len=512, max_predictions=76),
+    "small-128": Case("small-128", bert_size("small"), batch_size=16, seq_len=128, max_predictions=20),
+    "small-256": Case("small-256", bert_size("small"), batch_size=8, seq_len=256, max_predictions=38),
+    "small-512": Case("small-512", bert_size("small"), batch_size=4, seq_len=512, max_predictions=76),
+    "base-256": Case("base-256", bert_size("base"), batch_size=4, seq_len=256, max_predictions=38),
     # Real WikiText-2 sentence pairs at 128: the peers pad each batch to its longest row, mebert
     # packs several pairs per row. bert-mini, so it compares directly with mini-128.
     "text-128": Case("text-128", bert_size("mini"), batch_size=32, seq_len=128, max_predictions=20,
