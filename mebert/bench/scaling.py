@@ -162,7 +162,7 @@ def memory_table(reports: list[dict]) -> str:
                 f"{_mib(r.get('peak_bytes_per_device_estimate'))} | "
                 f"{r['state_sharding_factor']:.2f}x |")
   first = reports[0] if reports else None
-  note = (f"\n{first['param_count']:,} parameters, global batch {first['global_batch']} x "
+  note = (f"\n\n{first['param_count']:,} parameters, global batch {first['global_batch']} x "
           f"{first['seq_len']}, {first['devices']} {first['platform']} devices; params + opt "
           f"unsharded {_mib(first['state_bytes_unsharded'])} MiB" if first else "")
   return "\n".join(head + rows) + note
