@@ -16,6 +16,7 @@ import os
 import re
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
@@ -103,10 +104,24 @@ class Checkpointer:
   def _check_room(self, step: int, state) -> None:
     """On a local disk, a read-only or full checkpoint directory fails here, at once, with the
     reason: inside Orbax's asynchronous save such a failure surfaces minutes later as a timeout of
-    its background threads."""
+    its background threads. The decision is collective: with per-host disks one full host would
+    otherwise leave the others waiting in the collective save."""
+    error = self._room_error(step, state)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+
+      failed = multihost_utils.process_allgather(np.array([error is not None], np.int32))
+      bad = [int(p) for p in np.flatnonzero(np.asarray(failed).reshape(-1))]
+      if bad and error is None:
+        error = self._write_error(step, OSError(
+            errno.EIO, f"process(es) {bad} cannot write their share (see their logs)"))
+    if error is not None:
+      raise error
+
+  def _room_error(self, step: int, state) -> CheckpointError | None:
     directory = checkpoint_dir(self.workdir)
     if "://" in str(directory):  # a bucket: no file system to ask
-      return
+      return None
     try:
       directory.mkdir(parents=True, exist_ok=True)
       probe = directory / f".write-probe-{jax.process_index()}"
@@ -114,14 +129,15 @@ class Checkpointer:
       probe.unlink()
       stat = os.statvfs(directory)
     except OSError as e:
-      raise self._write_error(step, e) from e
+      return self._write_error(step, e)
     free = stat.f_bavail * stat.f_frsize
     # Uncompressed size of this process's share: float32 weights barely compress.
     needed = sum(getattr(x, "nbytes", 0) for x in jax.tree.leaves(state)) / jax.process_count()
     if free < needed:
-      raise self._write_error(step, OSError(
+      return self._write_error(step, OSError(
           errno.ENOSPC, f"{os.strerror(errno.ENOSPC)}: step {step} needs about "
           f"{needed / 2**20:.1f} MiB, {free / 2**20:.1f} MiB free"))
+    return None
 
   def _write_error(self, step: int, e: BaseException) -> CheckpointError:
     self._in_flight = None
