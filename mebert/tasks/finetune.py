@@ -159,7 +159,7 @@ class FineTuning:
              len(self.dev_ex), len(self.labels), time.perf_counter() - t, self.source.origin)
 
   def _size(self):
-    """Steps per epoch under bucketing, total steps (train.num_steps or num_epochs), warmup."""
+    """Steps per epoch (packed: ceil(examples / batch); bucketed: as dealt), total steps (train.num_steps or num_epochs), warmup."""
     train = self.config.train
     if self.pack:
       self.per_epoch = -(-len(self.enc_train) // int(train.batch_size))
