@@ -219,10 +219,17 @@ def copied_run(teacher, tmp_path_factory):
   return d, workdir, distill.run(d, str(workdir), "train")
 
 
-def test_student_init_copies_the_chosen_teacher_layers(teacher, tmp_path):
+@pytest.mark.parametrize("source", ["workdir", "hf"])
+def test_student_init_copies_the_chosen_teacher_layers(teacher, tmp_path, source):
+  from mebert.interop.workdir import export_workdir
   from mebert.train.checkpoints import Checkpointer
 
-  job = distill.Distillation(_distill_config(teacher, student_layers=(1,)), str(tmp_path / "w"))
+  d = _distill_config(teacher, student_layers=(1,))
+  if source == "hf":  # the same teacher as a Hugging Face BertForSequenceClassification folder
+    export_workdir(str(teacher[1]), str(tmp_path / "hf"), step=30, parity=False)
+    d.distill.teacher = str(tmp_path / "hf")
+  job = distill.Distillation(d, str(tmp_path / "w"))
+  assert job.labels == ["0", "1"] and job.source.model_config.num_layers == 1
   step, state, _ = job.initial_state(Checkpointer(str(tmp_path / "w"), keep=1))
   got, want = jax.tree.map(np.asarray, state.params), _params(teacher[1])
   assert step == 0 and set(got["bert"]["encoder"]) == {"layer_0"}
