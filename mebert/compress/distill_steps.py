@@ -283,9 +283,7 @@ def compiled_steps(student_train: nn.Module, student_eval: nn.Module, teacher: n
 
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     boxed = jax.eval_shape(init_state, jax.random.key(0, impl="rbg"))
-    shardings = mesh_lib.logical_shardings(boxed, mesh, rules)
-    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                            mesh_lib.strip_boxes(boxed), shardings)
+    shardings, abstract = mesh_lib.sharded_abstract(boxed, mesh, rules)
     teacher_boxed = jax.eval_shape(lambda: teacher.init(jax.random.key(0), ids, ids,
                                                         jnp.ones_like(ids))["params"])
     teacher_shardings = mesh_lib.logical_shardings(teacher_boxed, mesh, rules)

@@ -202,3 +202,12 @@ def strip_boxes(tree):
   is_box = lambda x: isinstance(x, nn.meta.AxisMetadata)
   return jax.tree.map(lambda x: x.unbox(apply_constraint=False) if is_box(x) else x, tree,
                       is_leaf=is_box)
+
+
+def sharded_abstract(boxed, mesh: Mesh, rules):
+  """(shardings, ShapeDtypeStructs carrying them) of a boxed abstract tree (jax.eval_shape of an
+  init): the out_shardings of a jitted init and the target of a checkpoint restore."""
+  shardings = logical_shardings(boxed, mesh, rules)
+  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          strip_boxes(boxed), shardings)
+  return shardings, abstract

@@ -146,9 +146,7 @@ def compiled_steps(train_model: nn.Module, eval_model: nn.Module, kind: str, opt
 
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     boxed = jax.eval_shape(init_state, jax.random.key(0, impl="rbg"))
-    shardings = mesh_lib.logical_shardings(boxed, mesh, rules)
-    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                            mesh_lib.strip_boxes(boxed), shardings)
+    shardings, abstract = mesh_lib.sharded_abstract(boxed, mesh, rules)
   replicated = NamedSharding(mesh, PartitionSpec())
   step_fn = functools.partial(train_step, model=train_model, tx=tx, schedule=schedule, kind=kind,
                               grad_accum_steps=accum)
