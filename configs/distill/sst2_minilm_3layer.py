@@ -17,17 +17,12 @@ are configs/finetune/sst2.py's, so teacher and student are scored on the same ex
 """
 
 from mebert.compress.distill import distill_defaults
-from mebert.tasks.defaults import finetune_defaults, glue_files, shared_data
+from mebert.tasks.defaults import finetune_defaults, sst2_data
 
 
 def get_config(arg=None):
   c = finetune_defaults()
-  c.task.kind = "classification"
-  glue_files(c, None, local_dir=shared_data("sst2"), train="train.tsv", dev="",
-             tfds_name="glue/sst2", tfds_dev="validation",
-             columns=("sentence", "", "label"), tfds_columns=("sentence", "", "label"))
-  c.data.holdout_fraction = 0.05
-  c.data.seq_len = 128  # the longest SST-2 sentence has 66 pieces; buckets keep batches short
+  sst2_data(c)  # the teacher's data and held-out split
   distill_defaults(c, teacher=arg or "")
   c.distill.student_layers = (0, 2, 4)  # every other layer: the first, middle and upper thirds
   # layer_map () = uniform: student layers 0, 1, 2 learn from teacher layers 1, 3, 5.

@@ -8,18 +8,12 @@ batch 32, 6% warmup, linear decay, seed 0).
 stay on one side) is held out for early stopping and evaluation.
 """
 
-from mebert.tasks.defaults import finetune_defaults, glue_files, minilm_folder, shared_data
+from mebert.tasks.defaults import finetune_defaults, minilm_folder, sst2_data
 
 
 def get_config(arg=None):
   c = finetune_defaults()
-  c.task.kind = "classification"
-  glue_files(c, arg, local_dir=shared_data("sst2"), train="train.tsv", dev="",
-             tfds_name="glue/sst2", tfds_dev="validation",
-             columns=("sentence", "", "label"), tfds_columns=("sentence", "", "label"))
-  if arg != "tfds":
-    c.data.holdout_fraction = 0.05
-  c.data.seq_len = 128  # the longest SST-2 sentence has 66 pieces; buckets keep batches short
+  sst2_data(c, arg)
   c.init.hf = minilm_folder()
   c.train.num_epochs = 1.0
   c.train.learning_rate = 5e-5

@@ -142,3 +142,16 @@ def glue_files(c, arg, *, local_dir: str, train: str, dev: str, tfds_name: str, 
     c.data.train_files = os.path.join(folder, train)
     c.data.eval_files = os.path.join(folder, dev) if dev else ""
   c.task.text_column, c.task.text_pair_column, c.task.label_column = columns
+
+
+def sst2_data(c, arg=None) -> None:
+  """SST-2 sentences: ../shared/data/sst2/train.tsv with 5% held out by a hash of the sentence
+  (it has no dev file), "tfds" for glue/sst2 with its validation split, or a GLUE folder. Shared by
+  the fine-tuning and distillation configs, so a student is scored on its teacher's split."""
+  c.task.kind = "classification"
+  glue_files(c, arg, local_dir=shared_data("sst2"), train="train.tsv", dev="",
+             tfds_name="glue/sst2", tfds_dev="validation",
+             columns=("sentence", "", "label"), tfds_columns=("sentence", "", "label"))
+  if arg != "tfds":
+    c.data.holdout_fraction = 0.05
+  c.data.seq_len = 128  # the longest SST-2 sentence has 66 pieces
