@@ -24,12 +24,15 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Distillation (or fine-tuning) config.",
-                                          lock_config=True)
-_TEACHER = flags.DEFINE_string("teacher", None, "Teacher: fine-tuning workdir or HF folder.")
-_STUDENT = flags.DEFINE_string("student", None, "Student: the distillation workdir.")
-_ROUNDS = flags.DEFINE_integer("rounds", 3, "Timed passes per model (best kept).")
-flags.mark_flags_as_required(["config", "teacher", "student"])
+
+def define_flags():
+  """Flags only when run as a program: tests import `measure` beside other modules' --config."""
+  config_flags.DEFINE_config_file("config", None, "Distillation (or fine-tuning) config.",
+                                  lock_config=True)
+  flags.DEFINE_string("teacher", None, "Teacher: fine-tuning workdir or HF folder.")
+  flags.DEFINE_string("student", None, "Student: the distillation workdir.")
+  flags.DEFINE_integer("rounds", 3, "Timed passes per model (best kept).")
+  flags.mark_flags_as_required(["config", "teacher", "student"])
 
 
 def load_model(config, path: str):
@@ -138,11 +141,13 @@ def main(argv):
   del argv
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
   logging.getLogger("absl").setLevel(logging.WARNING)
-  result = measure(_CONFIG.value, _TEACHER.value, _STUDENT.value, _ROUNDS.value)
+  f = flags.FLAGS
+  result = measure(f.config, f.teacher, f.student, f.rounds)
   print(json.dumps(result, sort_keys=True), flush=True)
 
 
 if __name__ == "__main__":
+  define_flags()
   try:
     app.run(main)
   except (ValueError, OSError, RuntimeError) as e:  # bad input: one line, non-zero exit

@@ -227,7 +227,11 @@ class FineTuning:
         workdir, keep=int(config.checkpoint.keep),
         best_metric="selection_score" if config.checkpoint.keep_best else None,
         async_save=bool(config.checkpoint.async_save))
-    step, state, stopper = self.initial_state(ckpt)
+    try:
+      step, state, stopper = self.initial_state(ckpt)
+    except BaseException:
+      ckpt.close()  # orbax's background cleanup must not outlive the interpreter (see trainer)
+      raise
     writer = MetricWriter(workdir)
     seed = jax.device_put(np.int32(config.seed), self.compiled.replicated)
     eval_every = int(config.eval.every_steps) or self.per_epoch

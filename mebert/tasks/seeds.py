@@ -20,11 +20,14 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Fine-tuning config file.",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Parent directory; seed s trains in seed_<s>/.")
-_SEEDS = flags.DEFINE_string("seeds", "0,1,2,3,4", "Comma-separated seeds.")
-_ENSEMBLE = flags.DEFINE_bool("ensemble", True, "Also evaluate the ensemble of all seeds.")
+
+def define_flags():
+  """Flags only when run as a program: tests import `run_seeds` beside other modules' --config."""
+  config_flags.DEFINE_config_file("config", None, "Fine-tuning config file.", lock_config=True)
+  flags.DEFINE_string("workdir", None, "Parent directory; seed s trains in seed_<s>/.")
+  flags.DEFINE_string("seeds", "0,1,2,3,4", "Comma-separated seeds.")
+  flags.DEFINE_bool("ensemble", True, "Also evaluate the ensemble of all seeds.")
+  flags.mark_flags_as_required(["config", "workdir"])
 
 SKIP = {"step", "last_step", "num_train_examples", "num_eval_examples", "steps_per_epoch",
         "wall_time_s", "eval_time_s", "gold_entities", "predicted_entities"}
@@ -86,14 +89,15 @@ def main(argv):
   del argv
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
   logging.getLogger("absl").setLevel(logging.WARNING)
-  seeds = [int(s) for s in _SEEDS.value.split(",") if s.strip()]
-  summary = run_seeds(_CONFIG.value, _WORKDIR.value, seeds, _ENSEMBLE.value)
+  f = flags.FLAGS
+  seeds = [int(s) for s in f.seeds.split(",") if s.strip()]
+  summary = run_seeds(f.config, f.workdir, seeds, f.ensemble)
   print(json.dumps({k: v for k, v in summary.items() if k not in ("runs",)}, sort_keys=True),
         flush=True)
 
 
 def run():
-  flags.mark_flags_as_required(["config", "workdir"])
+  define_flags()
   try:
     app.run(main)
   except (ValueError, FileNotFoundError, RuntimeError) as e:

@@ -226,19 +226,25 @@ def train_and_evaluate(config, workdir: str) -> dict:
   """Pretrains to config.train.num_steps, resuming from the workdir; returns the final eval."""
   exp = Experiment(config, workdir)
   train_cfg = config.train
+  train_iter = exp.data_iterator("train")  # a bad data file fails before orbax starts its threads
   ckpt = checkpoints.Checkpointer(workdir, keep=int(config.checkpoint.keep),
                                   best_metric=config.checkpoint.best_metric or None,
                                   async_save=bool(config.checkpoint.async_save))
-  train_iter = exp.data_iterator("train")
-  if ckpt.all_steps():
-    _check_same_architecture(config, workdir)
-  restored = ckpt.restore_latest(exp.abstract_state, train_iter)
-  if restored is not None:
-    start_step, state = restored
-    log.info("resumed from checkpoint step %d in %s", start_step, workdir)
-  else:
-    start_step, state = 0, exp.init_state()
-    state = init_from.maybe_initialize(state, config, exp)
+  try:
+    if ckpt.all_steps():
+      _check_same_architecture(config, workdir)
+    restored = ckpt.restore_latest(exp.abstract_state, train_iter)
+    if restored is not None:
+      start_step, state = restored
+      log.info("resumed from checkpoint step %d in %s", start_step, workdir)
+    else:
+      start_step, state = 0, exp.init_state()
+      state = init_from.maybe_initialize(state, config, exp)
+  except BaseException:
+    # Close before the error reaches the exit: orbax's background cleanup must not outlive the
+    # interpreter, or its own traceback, not ours, becomes the last line printed.
+    ckpt.close()
+    raise
   # Only now that data, checkpoint and init all check out: a bad input leaves the workdir as it was.
   write_json(workdir, "config.json", config.to_dict())
   writer = MetricWriter(workdir)
