@@ -57,7 +57,8 @@ def finetune_defaults() -> config_dict.ConfigDict:
   # row; () = powers of two from 16 up to seq_len. One compiled step per bucket.
   c.data.buckets = ()
   # Packing (training only): each step's batch_size examples go end to end into rows of
-  # pack_length tokens (0 = seq_len), one attention segment each, so padding costs almost nothing.
+  # pack_length tokens (0 = the longest example, rounded up to 8: attention costs pack_length per
+  # token), one attention segment each, so padding costs almost nothing.
   # One compiled step per distinct row count. False = dynamic padding with data.buckets.
   c.data.pack = True
   c.data.pack_length = 0

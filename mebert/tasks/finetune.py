@@ -149,9 +149,13 @@ class FineTuning:
     self.buckets = batching.bucket_lengths(seq_len, tuple(self.config.data.buckets))
     data = self.config.data
     self.pack = bool(data.pack)
-    self.pack_length = int(data.pack_length) or seq_len
-    if self.pack and self.pack_length < seq_len:
-      raise ValueError(f"data.pack_length={self.pack_length} is shorter than data.seq_len={seq_len}")
+    # Attention in a packed row costs pack_length per token, so by default rows are only as long
+    # as the longest training example, rounded up to a multiple of 8 (SST-2: 72, not seq_len 128).
+    longest = int(np.max(self.enc_train.lengths, initial=2))
+    self.pack_length = int(data.pack_length) or -(-longest // 8) * 8
+    if self.pack and self.pack_length < longest:
+      raise ValueError(f"data.pack_length={self.pack_length} is shorter than the longest training "
+                       f"example ({longest} tokens after truncation to data.seq_len={seq_len})")
     # Every example is at least [CLS] [SEP]: more segments than pack_length // 2 never fit a row.
     self.max_segments = int(data.pack_max_segments) or min(int(self.config.train.batch_size),
                                                              self.pack_length // 2)

@@ -121,3 +121,23 @@ def test_finetuning_packs_by_default_and_compiles_once_per_row_count(tiny_config
   assert result["train_step_compiles"] == len(row_counts)
   real = result["train_real_tokens_per_s"] / result["train_tokens_per_s"]
   assert real == pytest.approx(real_tokens / slots)  # the step saw exactly the packed rows
+
+
+def test_pack_length_defaults_to_the_longest_example_and_rejects_shorter(tiny_config, vocab_file,
+                                                                          sentences, tmp_path):
+  from mebert.tasks import finetune
+
+  path = tmp_path / "train.tsv"
+  path.write_text("sentence\tlabel\n" + "".join(f"{t}\t{int('good' in t)}\n"
+                                                for t in sentences(40, seed=5)))
+  config = tiny_config("classification", vocab_file, **{"data.train_files": str(path),
+                                                         "data.holdout_fraction": 0.2})
+  run = finetune.FineTuning(config, str(tmp_path / "w"))
+  longest = int(run.enc_train.lengths.max())
+  assert run.pack_length % 8 == 0 and longest <= run.pack_length < longest + 8
+  assert run.pack_length < int(config.data.seq_len)  # short sentences: shorter rows than seq_len
+  with config.unlocked():
+    config.data.pack_length = longest - 1
+  with pytest.raises(ValueError, match=f"data.pack_length={longest - 1} is shorter than the longest "
+                                       f"training example \\({longest} tokens"):
+    finetune.FineTuning(config, str(tmp_path / "w2"))
