@@ -3,6 +3,8 @@
   quantize.py    post-training int8 weights (per output channel, symmetric; embedding tables per
                  row), dequantized inside the jitted forward pass; weight-bytes accounting; the
                  int8 paths of mebert.embed, fine-tuned eval/predict and pretraining eval
+  qat.py         quantization-aware fine-tuning (config.train.quantize_aware=int8): quantize.py's
+                 int8 weights simulated in training and dev evaluation, through qwix
   bench_int8.py  python -m mebert.compress.bench_int8: MiniLM int8 vs fp32 embeddings (cosine,
                  weight bytes, sentences/s)
   distill.py     task distillation (configs with a `distill` section): teacher (fine-tuning workdir

@@ -90,12 +90,16 @@ def finetune_defaults() -> config_dict.ConfigDict:
   c.train.layer_decay = 1.0  # < 1: layer-wise rate decay, lr * decay^(depth from the top)
   c.train.log_every = 50
   c.train.max_nonfinite_in_row = 10
+  # Quantization-aware fine-tuning: "int8" trains (and dev-evaluates) through the per-channel int8
+  # weights that --mode=eval/predict --quantize=int8 deploys (mebert.compress.qat, via qwix);
+  # master weights and checkpoints stay float32. "none" = plain float training.
+  c.train.quantize_aware = "none"
 
   c.eval = config_dict.ConfigDict()
   c.eval.every_steps = 0  # 0 = once per epoch
   c.eval.batch_size = 64
   # --mode=eval/predict: "int8" = per-channel int8 weights (mebert.compress.quantize); same as the
-  # --quantize=int8 flag. Training and its evals stay in float.
+  # --quantize=int8 flag. Training and its evals stay in float unless train.quantize_aware.
   c.eval.quantize = "none"
 
   c.early_stopping = config_dict.ConfigDict()

@@ -23,6 +23,7 @@ import time
 import jax
 import numpy as np
 
+from mebert.compress import qat
 from mebert.tasks import batching, data as data_lib, inference, optim, sources, steps
 from mebert.tasks.defaults import TASK_KINDS
 from mebert.train import checkpoints, init_from
@@ -76,6 +77,7 @@ def validate(config) -> None:
     raise ValueError(f"task.kind={kind!r} is not one of {TASK_KINDS}")
   if kind == "token_classification" and config.task.text_pair_column:
     raise ValueError("token_classification takes one sequence of words: unset task.text_pair_column")
+  qat.check_mode(config.train.quantize_aware)
 
 
 def _write_json(path: str, record: dict) -> None:
@@ -121,6 +123,7 @@ class FineTuning:
     self._size()
     self.rt = inference.Runtime(config, self.source.model_config, self.kind, self.labels,
                                 self.tokenizer.pad_id)
+    qat.wrap_runtime(self.rt, config.train.quantize_aware)  # before the steps compile
     self.batch_size = self.rt.check_batch_size("train.batch_size", int(config.train.batch_size))
     self.eval_batch_size = self.rt.check_batch_size("eval.batch_size", int(config.eval.batch_size))
     accum = int(config.train.grad_accum_steps)
