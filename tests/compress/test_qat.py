@@ -58,12 +58,14 @@ def test_qat_eval_logits_are_the_int8_deployment_logits(scan):
   deployed = np.asarray(jax.jit(q.dequantizing(lambda p: model.apply({"params": p}, *batch)))(
       q.quantize_params(params)))
   scale = np.abs(fp32).max()
-  assert np.abs(simulated - deployed).max() <= 1e-5 * scale, np.abs(simulated - deployed).max()
-  assert np.abs(simulated - fp32).max() > 1e-3 * scale  # the rounding is really simulated
+  # Equal up to float reassociation: qwix scales the int8 product (x @ q) * s, PTQ dequantizes
+  # x @ (q * s); through two layers of x10 weights that is ~1e-5 of the scale (jax 0.12: 1.4e-5).
+  assert np.abs(simulated - deployed).max() <= 1e-4 * scale, np.abs(simulated - deployed).max()
+  assert np.abs(simulated - fp32).max() > 1e-2 * scale  # the rounding is really simulated
   # Kernels alone (qwix) are not the whole scheme: the embedding rows are rounded too.
   kernels_only = np.asarray(jax.jit(q.dequantizing(lambda p: model.apply({"params": p}, *batch)))(
       q.quantize_params(params, embeddings=False)))
-  assert np.abs(simulated - kernels_only).max() > 100 * np.abs(simulated - deployed).max()
+  assert np.abs(simulated - kernels_only).max() > 1e-2 * scale  # measured: 2.4e-2 to 0.4
 
 
 def test_gradients_reach_every_float_weight_straight_through():
