@@ -23,13 +23,7 @@ from mebert.model.encoder import HIDDEN_STATES, BertModel
 from mebert.tasks import finetune
 
 
-@pytest.fixture(scope="module", autouse=True)
-def optimized_xla():
-  """As tests/tasks/test_finetune.py: ~100 train steps here run ~17x faster optimised."""
-  previous = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", False)
-  yield
-  jax.config.update("jax_disable_most_optimizations", previous)
+pytestmark = pytest.mark.usefixtures("optimized_xla")  # conftest.py
 
 
 def _softmax(x, axis=-1):

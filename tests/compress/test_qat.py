@@ -19,13 +19,7 @@ from mebert.tasks import finetune, inference
 from mebert.tasks.model import BertForTask
 
 
-@pytest.fixture(scope="module", autouse=True)
-def optimized_xla():
-  """As tests/tasks/test_finetune.py: the train steps here run much faster optimised."""
-  previous = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", False)
-  yield
-  jax.config.update("jax_disable_most_optimizations", previous)
+pytestmark = pytest.mark.usefixtures("optimized_xla")  # conftest.py
 
 
 def _batch(vocab_size: int, rows: int = 4, length: int = 16):
