@@ -2,12 +2,13 @@
 in afresh (the fine-tuning step's 190 MB scratch cost it 47,000 page faults per step)."""
 
 import os
+import pathlib
 import subprocess
 import sys
 
 import pytest
 
-from conftest import REPO
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 # x @ w1 is a 72 MiB temporary: past glibc's 64 MB per-thread-arena heaps.
 _PROBE = """

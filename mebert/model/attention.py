@@ -27,9 +27,12 @@ from mebert.model.dropout import Dropout
 ATTENTION_PROBS = "attention_probs"
 
 
-def segment_mask(segment_ids: jax.Array) -> jax.Array:
-  """[B, 1, L, L] bool: a query attends to keys of its own segment; segment 0 is padding."""
-  same = segment_ids[:, :, None] == segment_ids[:, None, :]
+def segment_mask(segment_ids: jax.Array, query_segment_ids: jax.Array | None = None) -> jax.Array:
+  """[B, 1, Q, L] bool: a query attends to keys of its own segment; segment 0 is padding. Queries
+  are every position (Q = L) unless their segment ids [B, Q] are given."""
+  if query_segment_ids is None:
+    query_segment_ids = segment_ids
+  same = query_segment_ids[:, :, None] == segment_ids[:, None, :]
   return (same & (segment_ids != 0)[:, None, :])[:, None]
 
 
@@ -95,22 +98,32 @@ class SelfAttention(nn.Module):
   deterministic: bool = True
 
   @nn.compact
-  def __call__(self, x_BxLxH, segment_ids, bias=None, rotary=None):
+  def __call__(self, x_BxLxH, segment_ids, bias=None, rotary=None, query_positions=None):
+    """query_positions [B, Q]: only those positions ask queries (keys and values are every
+    position), and the output is [B, Q, H]: what the last layer of a sequence classifier needs.
+    Not with position biases or rotary angles, which are laid out for every query."""
     cfg = self.config
     batch, length, _ = x_BxLxH.shape
 
-    def project(name):
+    def project(name, x):
       y = nn.Dense(
           cfg.hidden_size, use_bias=cfg.use_bias, dtype=cfg.compute_dtype,
           param_dtype=cfg.storage_dtype, name=name,
           kernel_init=nn.with_logical_partitioning(
               nn.initializers.normal(cfg.initializer_range), ("embed", "joined_kv")),
-          bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("joined_kv",)))(
-              x_BxLxH)
-      y = y.reshape(batch, length, cfg.num_heads, cfg.head_dim)
+          bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("joined_kv",)))(x)
+      y = y.reshape(x.shape[0], x.shape[1], cfg.num_heads, cfg.head_dim)
       return nn.with_logical_constraint(y, ("batch", "length", "heads", "kv"))
 
-    q, k, v = project("query"), project("key"), project("value")
+    query_segment_ids = None
+    x_queries = x_BxLxH
+    if query_positions is not None:
+      if bias is not None or rotary is not None:
+        raise ValueError("query_positions needs position encodings without attention biases or "
+                         f"rotary angles, not position_encoding={cfg.position_encoding!r}")
+      x_queries = jnp.take_along_axis(x_BxLxH, query_positions[..., None], axis=1)
+      query_segment_ids = jnp.take_along_axis(segment_ids, query_positions, axis=1)
+    q, k, v = project("query", x_queries), project("key", x_BxLxH), project("value", x_BxLxH)
     if rotary is not None:
       q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
     q = q * jnp.asarray(cfg.head_dim ** -0.5, q.dtype)
@@ -125,16 +138,18 @@ class SelfAttention(nn.Module):
     if backend != "xla" and (bias is not None or dropout_active) and backend != "dot_product":
       raise ValueError(f"attention_backend={backend!r} supports neither attention biases nor "
                        "attention dropout; use 'xla' or set attention_dropout_rate=0")
+    if backend == "splash" and query_positions is not None:
+      backend = "xla"  # splash wants as many queries as keys
+    mask = segment_mask(segment_ids, query_segment_ids)
     if backend == "splash":
       out = splash_attention(q, k, v, segment_ids)
     elif backend in ("dot_product", "cudnn") and not dropout_active:
       out = jax.nn.dot_product_attention(
-          q, k, v, bias=bias, mask=segment_mask(segment_ids),
+          q, k, v, bias=bias, mask=mask,
           scale=1.0, implementation="cudnn" if backend == "cudnn" else None)
     else:
       dropout = Dropout(cfg.attention_dropout_rate, deterministic=not dropout_active)
-      out = xla_attention(q, k, v, segment_mask(segment_ids), bias, dropout, cfg.compute_dtype,
-                          keep_probs)
+      out = xla_attention(q, k, v, mask, bias, dropout, cfg.compute_dtype, keep_probs)
     out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
     out = checkpoint_name(out, "attention_out")
-    return out.reshape(batch, length, cfg.hidden_size)
+    return out.reshape(batch, q.shape[1], cfg.hidden_size)

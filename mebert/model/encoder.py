@@ -52,7 +52,7 @@ def constrain_hidden(x):
 
 @flax.struct.dataclass
 class EncoderOutputs:
-  sequence_output: jax.Array  # [B, L, H]
+  sequence_output: jax.Array | None  # [B, L, H]; None when BertModel ran pooled_only
   pooled_output: jax.Array  # [B, H], or [B, S, H] when pooling several packed segments
   word_embeddings: jax.Array  # [V, H], for the tied MLM decoder
   hidden_states: tuple[jax.Array, ...] | None = None  # embeddings + every layer, when asked
@@ -118,10 +118,13 @@ class Attention(nn.Module):
   deterministic: bool = True
 
   @nn.compact
-  def __call__(self, x, segment_ids, bias, rotary):
+  def __call__(self, x, segment_ids, bias, rotary, query_positions=None):
     cfg = self.config
     y = layer_norm(cfg, "pre_LayerNorm")(x) if cfg.pre_layer_norm else x
-    y = SelfAttention(cfg, self.deterministic, name="self")(y, segment_ids, bias, rotary)
+    y = SelfAttention(cfg, self.deterministic, name="self")(y, segment_ids, bias, rotary,
+                                                            query_positions)
+    if query_positions is not None:  # only those rows go on (see Layer)
+      x = jnp.take_along_axis(x, query_positions[..., None], axis=1)
     return Output(cfg, "joined_kv", self.deterministic, name="output")(y, x)
 
 
@@ -150,9 +153,12 @@ class Layer(nn.Module):
   deterministic: bool = True
 
   @nn.compact
-  def __call__(self, x, segment_ids, bias, rotary):
+  def __call__(self, x, segment_ids, bias, rotary, query_positions=None):
+    """query_positions [B, Q]: the block's output only at those positions, [B, Q, H]; keys and
+    values still see every position, so those rows are exactly what the full block computes."""
     cfg = self.config
-    x = Attention(cfg, self.deterministic, name="attention")(x, segment_ids, bias, rotary)
+    x = Attention(cfg, self.deterministic, name="attention")(x, segment_ids, bias, rotary,
+                                                             query_positions)
     y = Intermediate(cfg, name="intermediate")(x)
     # Returns (carry, per-step output) so the same module can run under nn.scan.
     return Output(cfg, "mlp", self.deterministic, name="output")(y, x), None
@@ -173,7 +179,10 @@ class Encoder(nn.Module):
   deterministic: bool = True
 
   @nn.compact
-  def __call__(self, x, segment_ids, bias, rotary, return_hidden_states: bool = False):
+  def __call__(self, x, segment_ids, bias, rotary, return_hidden_states: bool = False,
+               last_layer_positions=None):
+    """last_layer_positions [B, Q] (unrolled layers only): the last layer computes its output at
+    those positions only, and the encoder returns [B, Q, H]."""
     cfg = self.config
     block = Layer
     if cfg.remat_policy != "none":
@@ -189,7 +198,9 @@ class Encoder(nn.Module):
       hidden_states.append(x)  # a scan does not expose the layers in between
     else:
       for i in range(cfg.num_layers):
-        x, _ = block(cfg, self.deterministic, name=f"layer_{i}")(x, segment_ids, bias, rotary)
+        last = i == cfg.num_layers - 1 and last_layer_positions is not None
+        x, _ = block(cfg, self.deterministic, name=f"layer_{i}")(
+            x, segment_ids, bias, rotary, last_layer_positions if last else None)
         hidden_states.append(x)
     if cfg.pre_layer_norm:
       x = layer_norm(cfg, "final_LayerNorm")(x)
@@ -205,8 +216,10 @@ class Pooler(nn.Module):
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, x_BxLxH, cls_positions=None):
-    if cls_positions is None:
+  def __call__(self, x_BxLxH, cls_positions=None, gathered: bool = False):
+    if gathered:  # the encoder already returned the [CLS] rows
+      first = x_BxLxH if cls_positions is not None else x_BxLxH[:, 0]
+    elif cls_positions is None:
       first = x_BxLxH[:, 0]
     else:  # packed rows: one [CLS] per segment, [B, S] positions -> [B, S, H]
       first = jnp.take_along_axis(x_BxLxH, cls_positions[..., None], axis=1)
@@ -221,7 +234,12 @@ class BertModel(nn.Module):
 
   @nn.compact
   def __call__(self, input_ids, token_type_ids=None, segment_ids=None, positions=None,
-               cls_positions=None, return_hidden_states: bool = False) -> EncoderOutputs:
+               cls_positions=None, return_hidden_states: bool = False,
+               pooled_only: bool = False) -> EncoderOutputs:
+    """pooled_only: the caller reads pooled_output alone (a sequence classifier), so the last
+    layer runs only at the [CLS] rows (about 1/6 less work for a 6-layer encoder; same numbers);
+    sequence_output is then None. Ignored where it does not apply: scanned layers, attention
+    biases or rotary angles, or hidden states / attention probabilities asked for."""
     cfg = self.config
     if segment_ids is None:
       segment_ids = (input_ids != cfg.pad_token_id).astype(jnp.int32)
@@ -231,8 +249,17 @@ class BertModel(nn.Module):
       positions = jnp.broadcast_to(jnp.arange(input_ids.shape[1], dtype=jnp.int32), input_ids.shape)
     x, position, word_table = Embeddings(cfg, self.deterministic, name="embeddings")(
         input_ids, token_type_ids, positions, segment_ids)
+    cls_only = (pooled_only and not cfg.scan_layers and not return_hidden_states
+                and position.attention_bias is None and position.rotary is None
+                and not self.is_mutable_collection(HIDDEN_STATES)
+                and not self.is_mutable_collection(ATTENTION_PROBS))
+    last_layer_positions = None
+    if cls_only:
+      last_layer_positions = (cls_positions if cls_positions is not None
+                              else jnp.zeros((input_ids.shape[0], 1), jnp.int32))
     x, hidden_states = Encoder(cfg, self.deterministic, name="encoder")(
-        x, segment_ids, position.attention_bias, position.rotary, return_hidden_states)
-    pooled = Pooler(cfg, name="pooler")(x, cls_positions)
-    return EncoderOutputs(sequence_output=x, pooled_output=pooled, word_embeddings=word_table,
-                          hidden_states=hidden_states)
+        x, segment_ids, position.attention_bias, position.rotary, return_hidden_states,
+        last_layer_positions)
+    pooled = Pooler(cfg, name="pooler")(x, cls_positions, gathered=cls_only)
+    return EncoderOutputs(sequence_output=None if cls_only else x, pooled_output=pooled,
+                          word_embeddings=word_table, hidden_states=hidden_states)

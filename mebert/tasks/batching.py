@@ -250,16 +250,29 @@ def pack_groups(lengths: np.ndarray, pack_length: int, max_segments: int) -> lis
   return rows
 
 
+def _epoch_chunks(n: int, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
+  """The epoch's shuffled example indices, batch_size per step (the last step may have fewer)."""
+  order = np.random.default_rng([seed, epoch]).permutation(n)
+  return [order[start:start + batch_size] for start in range(0, n, batch_size)]
+
+
+def most_segments_per_row(lengths: np.ndarray, batch_size: int, pack_length: int,
+                          max_segments: int, seed: int) -> int:
+  """The most examples any packed row of the first epoch holds. Sequence heads read one [CLS]
+  slot per segment, and the last layer runs only at those slots: [rows, this] rather than
+  [rows, pack_length // 2] (SST-2 in rows of 72: 16 slots, not 32)."""
+  return max(max(len(g) for g in pack_groups(lengths[chunk], pack_length, max_segments))
+             for chunk in _epoch_chunks(len(lengths), batch_size, seed, 0))
+
+
 def packed_train_batches(lengths: np.ndarray, batch_size: int, pack_length: int, max_segments: int,
                          row_multiple: int, seed: int, epoch: int) -> list[tuple[np.ndarray, int]]:
   """One epoch as (example indices [batch_size], -1 = none; number of packed rows) pairs: the same
   shuffled batch_size examples per step as unpacked batching would take, so the recipe (batch 32,
   steps per epoch) is unchanged; only padding goes. Row counts are rounded up to row_multiple (data
   parallelism x accumulation), so the step compiles once per distinct row count."""
-  order = np.random.default_rng([seed, epoch]).permutation(len(lengths))
   batches = []
-  for start in range(0, len(order), batch_size):
-    chunk = order[start:start + batch_size]
+  for chunk in _epoch_chunks(len(lengths), batch_size, seed, epoch):
     rows = np.full(batch_size, -1, np.int64)
     rows[:len(chunk)] = chunk
     num_rows = len(pack_groups(lengths[chunk], pack_length, max_segments))

@@ -62,7 +62,7 @@ def finetune_defaults() -> config_dict.ConfigDict:
   # One compiled step per distinct row count. False = dynamic padding with data.buckets.
   c.data.pack = True
   c.data.pack_length = 0
-  c.data.pack_max_segments = 0  # 0 = min(train.batch_size, pack_length // 2)
+  c.data.pack_max_segments = 0  # 0 = the most any row of the first epoch holds
 
   c.model = model_defaults()  # random init only; with init.* the architecture comes from the source
   c.init = config_dict.ConfigDict()

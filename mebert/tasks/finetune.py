@@ -162,6 +162,10 @@ class FineTuning:
     # Every example is at least [CLS] [SEP]: more segments than pack_length // 2 never fit a row.
     self.max_segments = int(data.pack_max_segments) or min(int(self.config.train.batch_size),
                                                              self.pack_length // 2)
+    if self.pack and not int(data.pack_max_segments):  # as many [CLS] slots as rows really use
+      self.max_segments = batching.most_segments_per_row(
+          self.enc_train.lengths, int(self.config.train.batch_size), self.pack_length,
+          self.max_segments, int(self.config.seed))
     log.info("%d train / %d dev examples, %d labels, tokenized in %.1fs (%s)", len(self.train_ex),
              len(self.dev_ex), len(self.labels), time.perf_counter() - t, self.source.origin)
 

@@ -29,9 +29,11 @@ class BertForTask(nn.Module):
   def __call__(self, input_ids, token_type_ids=None, segment_ids=None, positions=None,
                cls_positions=None):
     cfg = self.config
+    token_task = self.kind == "token_classification"
     out = BertModel(cfg, self.deterministic, name="bert")(
-        input_ids, token_type_ids, segment_ids, positions=positions, cls_positions=cls_positions)
-    x = out.sequence_output if self.kind == "token_classification" else out.pooled_output
+        input_ids, token_type_ids, segment_ids, positions=positions, cls_positions=cls_positions,
+        pooled_only=not token_task)
+    x = out.sequence_output if token_task else out.pooled_output
     rate = cfg.dropout_rate if self.classifier_dropout < 0 else self.classifier_dropout
     x = nn.Dropout(rate, deterministic=self.deterministic)(x)
     logits = nn.Dense(

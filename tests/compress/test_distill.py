@@ -312,7 +312,9 @@ def test_bench_reports_the_student_cheaper(copied_run, teacher):
   assert out["examples"] > 40 and out["batch_size"] == 32
   assert t["num_layers"] == 2 and s["num_layers"] == 1 and s["examples_per_s"] > 0
   ratio = out["student_over_teacher"]
-  assert 0.4 < ratio["flops_per_example"] < 0.6 and 0.3 < ratio["xla_flops_per_example"] < 0.7
+  # XLA's count is lower than the analytic one: sequence heads run their last layer at the [CLS]
+  # rows only (BertModel pooled_only), which leaves the 1-layer student little but K and V.
+  assert 0.4 < ratio["flops_per_example"] < 0.6 and 0.1 < ratio["xla_flops_per_example"] < 0.4
   assert 0 < t["accuracy"] <= 1 and json.dumps(out)
 
 

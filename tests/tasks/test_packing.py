@@ -110,7 +110,10 @@ def test_finetuning_packs_by_default_and_compiles_once_per_row_count(tiny_config
       "train.log_every": 4, "eval.every_steps": 12, "data.pack_length": 32,
       "train.learning_rate": 1.25e-3})  # an optimizer of its own: a fresh jitted step to count
   run = finetune.FineTuning(config, str(tmp_path / "w"))
-  assert run.pack and run.max_segments == 16
+  # [CLS] slots per row: as many as the first epoch's fullest row holds, under pack_length // 2.
+  fullest = max(len(g) for rows, _ in run._epoch_batches(0)
+                for g in batching.pack_groups(run.enc_train.lengths[rows[rows >= 0]], 32, 16))
+  assert run.pack and run.max_segments == fullest < 16
   plan = [run._epoch_batches(step // run.per_epoch)[step % run.per_epoch] for step in range(12)]
   row_counts = {num_rows for _, num_rows in plan}
   assert all(num_rows % run.rt.dp == 0 for num_rows in row_counts)  # rows split over the devices
@@ -141,3 +144,42 @@ def test_pack_length_defaults_to_the_longest_example_and_rejects_shorter(tiny_co
   with pytest.raises(ValueError, match=f"data.pack_length={longest - 1} is shorter than the longest "
                                        f"training example \\({longest} tokens"):
     finetune.FineTuning(config, str(tmp_path / "w2"))
+
+
+@pytest.mark.parametrize("packed", [True, False])
+@pytest.mark.parametrize("pre_layer_norm", [False, True])
+def test_sequence_heads_run_the_last_layer_at_cls_only_with_the_same_results(packed,
+                                                                             pre_layer_norm):
+  """BertModel(pooled_only=True), as sequence heads call it, computes the last layer's output at
+  the [CLS] rows alone: pooled vectors, logits and every gradient equal the full encoder's."""
+  import dataclasses
+
+  from mebert.model.encoder import BertModel
+
+  config = dataclasses.replace(CONFIG, pre_layer_norm=pre_layer_norm)
+  enc = _encoded("classification", n=9, seed=2)
+  rows = np.r_[np.arange(len(enc)), -1]
+  if packed:
+    batch = batching.make_packed_batch(enc, rows, 5, 32, 8, "classification")
+  else:
+    batch = batching.make_batch(enc, rows, 16, "classification")
+  inputs = steps.model_inputs(batch)
+  model = BertModel(config)
+  params = model.init(jax.random.key(1), **inputs)["params"]
+
+  def pooled(params, pooled_only):
+    out = model.apply({"params": params}, **inputs, pooled_only=pooled_only)
+    assert (out.sequence_output is None) == pooled_only
+    return out.pooled_output
+
+  full, cls_only = pooled(params, False), pooled(params, True)
+  assert full.shape == cls_only.shape
+  np.testing.assert_allclose(cls_only, full, atol=2e-6)
+  weights = jnp.asarray(batch["weights"])[..., None]  # empty slots read position 0: not compared
+  loss = lambda p, only: jnp.sum(jnp.sin(3.0 * pooled(p, only)) * weights)
+  grads_full, grads_cls = jax.grad(loss)(params, False), jax.grad(loss)(params, True)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(b, a, rtol=1e-5, atol=2e-6), grads_full,
+               grads_cls)
+  # The last layer's query path really is narrower: its FLOPs drop (jax's cost analysis).
+  flops = lambda only: jax.jit(lambda p: pooled(p, only)).lower(params).cost_analysis()["flops"]
+  assert flops(True) < 0.9 * flops(False)
