@@ -103,7 +103,7 @@ class SelfAttention(nn.Module):
     position), and the output is [B, Q, H]: what the last layer of a sequence classifier needs.
     Not with position biases or rotary angles, which are laid out for every query."""
     cfg = self.config
-    batch, length, _ = x_BxLxH.shape
+    batch = x_BxLxH.shape[0]
 
     def project(name, x):
       y = nn.Dense(

@@ -13,6 +13,7 @@ early-stopping state from early_stopping.json); a finished or stopped run only r
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import logging
@@ -152,6 +153,7 @@ class FineTuning:
     self.buckets = batching.bucket_lengths(seq_len, tuple(self.config.data.buckets))
     data = self.config.data
     self.pack = bool(data.pack)
+    self._row_counts = None  # packed row count -> the count its steps run at (_epoch_batches)
     # Attention in a packed row costs pack_length per token, so by default rows are only as long
     # as the longest training example, rounded up to a multiple of 8 (SST-2: 72, not seq_len 128).
     longest = int(np.max(self.enc_train.lengths, initial=2))
@@ -188,8 +190,17 @@ class FineTuning:
       return batching.train_batches(self.enc_train.lengths, self.buckets, self.batch_size, seed,
                                     epoch)
     row_multiple = self.rt.dp * jax.process_count() * int(self.config.train.grad_accum_steps)
-    return batching.packed_train_batches(self.enc_train.lengths, self.batch_size, self.pack_length,
-                                         self.max_segments, row_multiple, seed, epoch)
+    batches = batching.packed_train_batches(self.enc_train.lengths, self.batch_size,
+                                            self.pack_length, self.max_segments, row_multiple,
+                                            seed, epoch)
+    if self._row_counts is None:  # fixed by the first epoch, so a resumed run compiles alike
+      first = batches if epoch == 0 else batching.packed_train_batches(
+          self.enc_train.lengths, self.batch_size, self.pack_length, self.max_segments,
+          row_multiple, seed, 0)
+      steps_per_count = collections.Counter(num_rows for _, num_rows in first)
+      self._row_counts = batching.merge_row_counts(
+          steps_per_count, float(self.config.data.compile_cost_tokens) / self.pack_length)
+    return [(rows, self._row_counts.get(n, n)) for rows, n in batches]
 
   def _batch(self, rows: np.ndarray, size: int) -> dict:
     if self.pack:

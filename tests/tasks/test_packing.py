@@ -54,6 +54,29 @@ def test_packed_train_batches_take_the_same_examples_per_step_as_padding():
   assert all((a[0] == b[0]).all() and a[1] == b[1] for a, b in zip(packed, again))
 
 
+def test_rare_row_counts_run_padded_up_rather_than_compile_their_own_step():
+  sst2 = {4: 4, 5: 185, 6: 902, 7: 749, 8: 152, 9: 6, 10: 1}  # steps per row count, rows of 72
+  merged = batching.merge_row_counts(sst2, 250)
+  assert merged == {4: 6, 5: 6, 6: 6, 7: 7, 8: 8, 9: 10, 10: 10}
+
+  def cost(mapping, compile_cost):
+    return (sum(n * mapping[r] for r, n in sst2.items())
+            + compile_cost * len(set(mapping.values())))
+
+  # Against every other choice of counts to compile (each count padded up to the next chosen one;
+  # the largest always compiled), none costs less.
+  import itertools
+  sizes = sorted(sst2)
+  for k in range(len(sizes)):
+    for chosen in itertools.combinations(sizes[:-1], k):
+      keep = sorted(chosen) + [sizes[-1]]
+      other = {r: next(c for c in keep if c >= r) for r in sizes}
+      assert cost(merged, 250) <= cost(other, 250)
+  assert batching.merge_row_counts(sst2, 0) == {r: r for r in sst2}  # 0: every count its own
+  assert set(batching.merge_row_counts(sst2, 1e9).values()) == {10}  # compiles dear: one step
+  assert batching.merge_row_counts({}, 250) == {}
+
+
 @pytest.mark.parametrize("kind", ["classification", "regression", "token_classification"])
 def test_packed_batch_gives_the_padded_logits_loss_and_gradients(kind):
   enc = _encoded(kind)
