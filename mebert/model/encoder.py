@@ -237,7 +237,7 @@ class BertModel(nn.Module):
                cls_positions=None, return_hidden_states: bool = False,
                pooled_only: bool = False) -> EncoderOutputs:
     """pooled_only: the caller reads pooled_output alone (a sequence classifier), so the last
-    layer runs only at the [CLS] rows (about 1/6 less work for a 6-layer encoder; same numbers);
+    layer runs only at the [CLS] rows (most of one layer's work saved; the same numbers);
     sequence_output is then None. Ignored where it does not apply: scanned layers, attention
     biases or rotary angles, or hidden states / attention probabilities asked for."""
     cfg = self.config
