@@ -149,6 +149,29 @@ def test_finetuning_packs_by_default_and_compiles_once_per_row_count(tiny_config
   assert real == pytest.approx(real_tokens / slots)  # the step saw exactly the packed rows
 
 
+def test_merged_row_counts_train_exactly_as_unmerged(tiny_config, vocab_file, sentences,
+                                                     tmp_path):
+  """Padding a step up to more rows adds empty rows (weight 0, no attention to them) at the end,
+  and dropout bits are drawn per element index, so the real rows train exactly as before."""
+  from mebert.tasks import finetune
+
+  texts = sentences(400, seed=6)
+  path = tmp_path / "train.tsv"
+  path.write_text("sentence\tlabel\n" + "".join(f"{t}\t{int('good' in t)}\n" for t in texts))
+  results = {}
+  for cost in (1e9, 0.0):  # one step at the largest row count / every count its own step
+    config = tiny_config("classification", vocab_file, **{
+        "data.train_files": str(path), "data.holdout_fraction": 0.2, "train.num_steps": 8,
+        "eval.every_steps": 8, "data.pack_length": 16, "data.compile_cost_tokens": cost,
+        "train.batch_size": 32, "train.learning_rate": 1.5e-3})  # own optimizer: fresh steps
+    results[cost] = finetune.FineTuning(config, str(tmp_path / f"w{cost:g}")).train()
+  # The jitted step is shared (same model and optimizer): the second run adds its other counts.
+  assert results[1e9]["train_step_compiles"] == 1 < results[0.0]["train_step_compiles"]
+  assert results[1e9]["train_tokens_per_s"] > 0
+  for key in ("loss", "accuracy"):
+    assert results[1e9][key] == pytest.approx(results[0.0][key], rel=1e-5, abs=1e-6)
+
+
 def test_pack_length_defaults_to_the_longest_example_and_rejects_shorter(tiny_config, vocab_file,
                                                                           sentences, tmp_path):
   from mebert.tasks import finetune
