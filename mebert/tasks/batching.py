@@ -15,7 +15,8 @@ uses this (sorted by length, so its padding is small).
 Packing (data.pack, the default for training) goes further: a step's batch_size examples are laid
 end to end in rows of data.pack_length tokens (first-fit decreasing), each its own attention
 segment with positions restarting at 0, so almost no compute goes to padding. Short-sentence tasks
-(SST-2: 13 pieces on average) gain most; the step compiles once per distinct number of rows.
+(SST-2: 13 pieces on average) gain most; rare row counts run padded up to a more common one
+(merge_row_counts) rather than compile a step of their own.
 """
 
 from __future__ import annotations
@@ -270,7 +271,7 @@ def packed_train_batches(lengths: np.ndarray, batch_size: int, pack_length: int,
   """One epoch as (example indices [batch_size], -1 = none; number of packed rows) pairs: the same
   shuffled batch_size examples per step as unpacked batching would take, so the recipe (batch 32,
   steps per epoch) is unchanged; only padding goes. Row counts are rounded up to row_multiple (data
-  parallelism x accumulation), so the step compiles once per distinct row count."""
+  parallelism x accumulation); merge_row_counts then decides which counts get a compile."""
   batches = []
   for chunk in _epoch_chunks(len(lengths), batch_size, seed, epoch):
     rows = np.full(batch_size, -1, np.int64)
