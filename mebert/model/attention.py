@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from mebert.model.config import ModelConfig
+from mebert.model.dense import Dense
 from mebert.model.dropout import Dropout
 
 # The collection SelfAttention sows its [B, N, L, L] float32 probabilities into ("probs"), only when
@@ -106,7 +107,7 @@ class SelfAttention(nn.Module):
     batch = x_BxLxH.shape[0]
 
     def project(name, x):
-      y = nn.Dense(
+      y = Dense(
           cfg.hidden_size, use_bias=cfg.use_bias, dtype=cfg.compute_dtype,
           param_dtype=cfg.storage_dtype, name=name,
           kernel_init=nn.with_logical_partitioning(

@@ -16,11 +16,12 @@ import jax.numpy as jnp
 from mebert.model import positions as positions_lib
 from mebert.model.attention import ATTENTION_PROBS, SelfAttention
 from mebert.model.config import ModelConfig
+from mebert.model.dense import Dense
 from mebert.model.dropout import Dropout
 
 
-def dense(cfg: ModelConfig, features: int, axes: tuple[str, str], name: str) -> nn.Dense:
-  return nn.Dense(
+def dense(cfg: ModelConfig, features: int, axes: tuple[str, str], name: str) -> Dense:
+  return Dense(
       features, use_bias=cfg.use_bias, dtype=cfg.compute_dtype, param_dtype=cfg.storage_dtype,
       name=name,
       kernel_init=nn.with_logical_partitioning(nn.initializers.normal(cfg.initializer_range), axes),
