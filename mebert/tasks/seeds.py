@@ -27,6 +27,8 @@ def define_flags():
   flags.DEFINE_string("workdir", None, "Parent directory; seed s trains in seed_<s>/.")
   flags.DEFINE_string("seeds", "0,1,2,3,4", "Comma-separated seeds.")
   flags.DEFINE_bool("ensemble", True, "Also evaluate the ensemble of all seeds.")
+  flags.DEFINE_string("compilation_cache", None, "Compiled programs shared by the seeds (default: "
+                      "WORKDIR/xla_cache); none turns it off. See mebert.train.compile_cache.")
   flags.mark_flags_as_required(["config", "workdir"])
 
 SKIP = {"step", "last_step", "num_train_examples", "num_eval_examples", "steps_per_epoch",
@@ -91,6 +93,9 @@ def main(argv):
   logging.getLogger("absl").setLevel(logging.WARNING)
   f = flags.FLAGS
   seeds = [int(s) for s in f.seeds.split(",") if s.strip()]
+  from mebert.train import compile_cache  # after flags: jax must not start before parsing
+
+  compile_cache.enable(f.compilation_cache, f.workdir)  # seeds 1.. reuse seed 0's compiles
   summary = run_seeds(f.config, f.workdir, seeds, f.ensemble)
   print(json.dumps({k: v for k, v in summary.items() if k not in ("runs",)}, sort_keys=True),
         flush=True)

@@ -27,6 +27,10 @@ _OUTPUT = flags.DEFINE_string("output", None, "--mode=predict: where to write (J
 _QUANTIZE = flags.DEFINE_enum("quantize", None, ["none", "int8"], "--mode=eval/predict: int8 = "
                               "per-channel int8 weights (mebert.compress.quantize); fine-tuning "
                               "configs: the same as --config.eval.quantize=int8.")
+_COMPILATION_CACHE = flags.DEFINE_string(
+    "compilation_cache", None, "Where compiled programs are kept between runs (default: "
+    "WORKDIR/xla_cache, or JAX_COMPILATION_CACHE_DIR when set); a directory to share among runs, "
+    "or none. See mebert.train.compile_cache.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -34,9 +38,10 @@ def main(argv):
   del argv
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
   logging.getLogger("absl").setLevel(logging.WARNING)
-  from mebert.train import distributed, trainer  # after flags: jax must not start before parsing
+  from mebert.train import compile_cache, distributed, trainer  # after flags: jax starts later
 
   distributed.initialize_from_environment()
+  compile_cache.enable(_COMPILATION_CACHE.value, _WORKDIR.value.split(",")[0])
   config = _CONFIG.value
   quantize = _QUANTIZE.value
   if quantize not in (None, "none") and _MODE.value not in ("eval", "predict"):

@@ -152,3 +152,41 @@ def test_pretraining_starts_from_a_hugging_face_folder(tmp_path):
   params, saved = checkpoints.restore_params(str(tmp_path))
   assert params["bert"]["embeddings"]["word_embeddings"]["embedding"].shape == (30522, 384)
   assert saved["init"]["hf"] == folder
+
+
+def test_compilation_cache_setting_resolves_to_workdir_jax_or_flag(tmp_path):
+  from mebert.train import compile_cache
+
+  w = str(tmp_path / "w")
+  assert compile_cache.resolve(None, w, None) == os.path.join(w, "xla_cache")
+  assert compile_cache.resolve(None, w, "/jax/own") == "/jax/own"  # the user's JAX setting wins
+  assert compile_cache.resolve("/shared/xla", w, "/jax/own") == "/shared/xla"
+  assert compile_cache.resolve("none", w, "/jax/own") is None
+  blocker = tmp_path / "a_file"
+  blocker.write_text("")
+  with pytest.raises(ValueError, match=r"--compilation_cache=.*a_file/xla: cannot create"):
+    compile_cache.enable(str(blocker / "xla"), w)
+
+
+def test_second_run_loads_compiled_programs_from_first_runs_workdir_cache(tmp_path):
+  """The default cache is WORKDIR/xla_cache; a run pointed at it compiles no train step and ends
+  with the same metrics to the last digit."""
+  env = {k: v for k, v in subprocess_env().items() if k != "JAX_COMPILATION_CACHE_DIR"}
+  env.update(JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_LOG_COMPILES="1")
+
+  def cli(workdir, *flags):
+    return subprocess.run(
+        [sys.executable, "-m", "mebert.train", "--config=configs/pretrain/tiny.py",
+         f"--workdir={workdir}", *_tiny_flags(), "--config.train.num_steps=4", *flags], cwd=REPO,
+        env=env, capture_output=True, text=True, timeout=300)
+
+  first = cli(tmp_path / "a")
+  assert first.returncode == 0, first.stderr[-2000:]
+  cached = tmp_path / "a" / "xla_cache"
+  assert any("train_step" in p.name for p in cached.iterdir()), sorted(os.listdir(cached))
+  assert "cache hit for 'jit_train_step'" not in first.stderr
+  second = cli(tmp_path / "b", f"--compilation_cache={cached}")
+  assert second.returncode == 0, second.stderr[-2000:]
+  assert "Persistent compilation cache hit for 'jit_train_step'" in second.stderr
+  assert not (tmp_path / "b" / "xla_cache").exists()
+  assert json.loads(second.stdout.splitlines()[-1]) == json.loads(first.stdout.splitlines()[-1])
