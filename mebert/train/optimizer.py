@@ -8,6 +8,7 @@ batches of pod-scale pretraining. Schedules: linear, cosine or polynomial decay 
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import optax
 
 SCHEDULES = ("linear", "cosine", "polynomial", "constant")
@@ -49,6 +50,21 @@ def decay_mask(params):
   return jax.tree_util.tree_map_with_path(wants_decay, params)
 
 
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
+  """optax.clip_by_global_norm (the same empty state, so checkpoints do not change), scaling every
+  element by one multiplier per step instead of dividing it by the norm: XLA then fuses the scaling
+  into both Adam moment updates rather than writing the clipped gradient out first, a pass over
+  every parameter (XLA:CPU does not duplicate a division into two consumers)."""
+
+  def update(updates, state, params=None):
+    del params
+    norm = optax.global_norm(updates)
+    scale = jnp.where(norm < max_norm, 1.0, max_norm / norm)
+    return jax.tree.map(lambda u: u * scale.astype(u.dtype), updates), state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
 def make_optimizer(train_config) -> optax.GradientTransformation:
   schedule = learning_rate_schedule(train_config)
   kind = train_config.get("optimizer", "adamw")
@@ -61,4 +77,4 @@ def make_optimizer(train_config) -> optax.GradientTransformation:
   else:
     raise ValueError(f"train.optimizer={kind!r} is not one of {OPTIMIZERS}")
   clip = float(train_config.get("clip_grad_norm", 1.0))
-  return optax.chain(optax.clip_by_global_norm(clip), opt) if clip > 0 else opt
+  return optax.chain(clip_by_global_norm(clip), opt) if clip > 0 else opt

@@ -7,6 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from ml_collections import config_dict
 
@@ -112,6 +113,21 @@ def test_weight_decay_skips_layernorm_and_biases():
   flat = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_flatten_with_path(mask)[0]}
   assert not any(v for k, v in flat.items() if "LayerNorm" in k or k.endswith("['bias']"))
   assert flat["['bert']['encoder']['layer_0']['attention']['self']['query']['kernel']"]
+
+
+@pytest.mark.parametrize("scale", [0.3, 1.0, 7.0])  # below, at and above the clipping norm
+def test_clipping_equals_optax_clip_by_global_norm(scale):
+  rng = np.random.default_rng(0)
+  grads = {"a": jnp.asarray(rng.normal(size=(5, 3)), jnp.float32),
+           "b": jnp.asarray(rng.normal(size=(4,)), jnp.float32)}
+  grads = jax.tree.map(lambda g: g * scale / optax.global_norm(grads), grads)
+  ours, reference = optimizer.clip_by_global_norm(1.0), optax.clip_by_global_norm(1.0)
+  assert jax.tree.structure(ours.init(grads)) == jax.tree.structure(reference.init(grads))
+  clipped, _ = ours.update(grads, ours.init(grads))
+  expected, _ = reference.update(grads, reference.init(grads))
+  for a, b in zip(jax.tree.leaves(clipped), jax.tree.leaves(expected)):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=0)
+  assert float(optax.global_norm(clipped)) == pytest.approx(min(scale, 1.0), rel=1e-6)
 
 
 @pytest.mark.parametrize("schedule", ["linear", "cosine", "polynomial"])
