@@ -1,8 +1,8 @@
 """Compiled programs kept on disk, so that running a workdir again does not compile again.
 
 A MiniLM fine-tuning step takes 15-20 s to compile on a 2-core CPU, once per packed row count. The
-same programs come back whenever a run restarts: after a preemption, for `--mode=eval` and `--mode=predict` on its checkpoints, for
-each seed of `python -m mebert.tasks.seeds`. JAX's persistent compilation cache keys each
+same programs come back whenever a run restarts: after a preemption, for `--mode=eval` and
+`--mode=predict` on its checkpoints, for each seed of `python -m mebert.tasks.seeds`. JAX's persistent compilation cache keys each
 executable by its HLO, compile options, devices and JAX version, so a hit is the very program a
 fresh compile would give.
 
