@@ -2,13 +2,13 @@
 
 A MiniLM fine-tuning step takes 15-20 s to compile on a 2-core CPU, once per packed row count. The
 same programs come back whenever a run restarts: after a preemption, for `--mode=eval` and
-`--mode=predict` on its checkpoints, for each seed of `python -m mebert.tasks.seeds`. JAX's persistent compilation cache keys each
-executable by its HLO, compile options, devices and JAX version, so a hit is the very program a
+`--mode=predict` on its checkpoints, for each seed of `python -m mebert.tasks.seeds`. JAX's
+persistent compilation cache keys each executable by its HLO, compile options, devices and JAX version, so a hit is the very program a
 fresh compile would give.
 
 Where (`--compilation_cache` of `python -m mebert.train`):
-  unset   JAX's own setting if the user made one (JAX_COMPILATION_CACHE_DIR), else WORKDIR/xla_cache:
-          a run writes nothing outside its workdir unless asked;
+  unset   JAX's own setting if the user made one (JAX_COMPILATION_CACHE_DIR), else
+          WORKDIR/xla_cache: a run writes nothing outside its workdir unless asked;
   DIR     a cache shared by every run that names it (config-override experiments);
   none    no cache: every run compiles afresh.
 
@@ -60,7 +60,8 @@ def enable(flag_value: str | None, workdir: str) -> str | None:
         os.makedirs(path, exist_ok=True)
       except OSError as e:
         raise ValueError(f"--compilation_cache={path}: cannot create the directory "
-                         f"({e.strerror}); pass --compilation_cache=none to run without it") from None
+                         f"({e.strerror}); pass --compilation_cache=none to run without it"
+                         ) from None
     elif not os.access(_nearest_existing(path), os.W_OK):
       log.warning("%s cannot be written: compiling without a compilation cache", path)
       jax.config.update("jax_compilation_cache_dir", None)

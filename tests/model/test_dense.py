@@ -1,5 +1,5 @@
-"""mebert's Dense: nn.Dense's parameters and outputs, and a weight gradient without a transposed copy
-of the incoming gradient on XLA:CPU (the reason it exists)."""
+"""mebert's Dense: nn.Dense's parameters and outputs, and a weight gradient without a transposed
+copy of the incoming gradient on XLA:CPU (the reason it exists)."""
 
 import re
 
