@@ -3,8 +3,8 @@
 A MiniLM fine-tuning step takes 15-20 s to compile on a 2-core CPU, once per packed row count. The
 same programs come back whenever a run restarts: after a preemption, for `--mode=eval` and
 `--mode=predict` on its checkpoints, for each seed of `python -m mebert.tasks.seeds`. JAX's
-persistent compilation cache keys each executable by its HLO, compile options, devices and JAX version, so a hit is the very program a
-fresh compile would give.
+persistent compilation cache keys each executable by its HLO, compile options, devices and JAX
+version, so a hit is the very program a fresh compile would give.
 
 Where (`--compilation_cache` of `python -m mebert.train`):
   unset   JAX's own setting if the user made one (JAX_COMPILATION_CACHE_DIR), else
