@@ -15,8 +15,14 @@ import flax.linen as nn
 
 
 class Dense(nn.Dense):
-  """nn.Dense on inputs [..., in_features] seen as rows [N, in_features]."""
+  """nn.Dense on inputs [..., in_features] seen as rows [N, in_features].
+
+  Except when the rows would have the kernel's own shape (N == in_features == features): qwix's
+  quantization-aware training tells a weight from an activation by its shape, so there the input
+  keeps its shape and the layer is plain nn.Dense."""
 
   def __call__(self, inputs):
     rows = inputs.reshape(-1, inputs.shape[-1])
+    if rows.shape == (inputs.shape[-1], self.features) or inputs.ndim == 2:
+      return super().__call__(inputs)
     return super().__call__(rows).reshape(*inputs.shape[:-1], self.features)

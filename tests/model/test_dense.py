@@ -49,3 +49,12 @@ def test_weight_gradient_reads_the_incoming_gradient_without_a_transposed_copy()
       jnp.einsum("bsh,hf->bsf", x, p["params"]["kernel"]) + p["params"]["bias"]) ** 2))(params)
   np.testing.assert_allclose(grads["params"]["kernel"], reference["params"]["kernel"], rtol=1e-5,
                              atol=1e-5)
+
+
+def test_rows_with_the_kernels_shape_keep_the_input_shape_and_the_same_outputs():
+  """32 rows of 32 features into 32 would look like the kernel to qwix's QAT: plain nn.Dense."""
+  init = nn.initializers.normal(0.5)
+  ours, flax_dense = Dense(32, kernel_init=init), nn.Dense(32, kernel_init=init)
+  x = jax.random.normal(jax.random.key(1), (2, 16, 32))
+  params = ours.init(jax.random.key(0), x)
+  np.testing.assert_array_equal(ours.apply(params, x), flax_dense.apply(params, x))
