@@ -66,8 +66,8 @@ def test_eval_mode_restores_and_reports(uninterrupted):
   assert at_step["step"] == 6
 
 
-def _cli(workdir, *flags, timeout=300):
-  env = subprocess_env()
+def _cli(workdir, *flags, timeout=300, env=None):
+  env = subprocess_env() if env is None else env
   return subprocess.run(
       [sys.executable, "-m", "mebert.train", "--config=configs/pretrain/tiny.py",
        f"--workdir={workdir}", *flags], cwd=REPO, env=env, capture_output=True, text=True,
@@ -175,10 +175,7 @@ def test_second_run_loads_compiled_programs_from_first_runs_workdir_cache(tmp_pa
   env.update(JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_LOG_COMPILES="1")
 
   def cli(workdir, *flags):
-    return subprocess.run(
-        [sys.executable, "-m", "mebert.train", "--config=configs/pretrain/tiny.py",
-         f"--workdir={workdir}", *_tiny_flags(), "--config.train.num_steps=4", *flags], cwd=REPO,
-        env=env, capture_output=True, text=True, timeout=300)
+    return _cli(workdir, *_tiny_flags(), "--config.train.num_steps=4", *flags, env=env)
 
   first = cli(tmp_path / "a")
   assert first.returncode == 0, first.stderr[-2000:]
