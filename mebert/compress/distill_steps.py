@@ -229,7 +229,7 @@ def train_step(state: TrainState, teacher_params, batch: dict, seed: jax.Array, 
   grad_norm = optax.global_norm(grads)
   finite = jnp.isfinite(parts["distill_loss"]) & jnp.isfinite(grad_norm)
   inner = state.replace(params=trainable, opt_state=state.opt_state[:-1])
-  updated = train_steps_lib.guarded_update(inner, grads, tx, finite)
+  updated = train_steps_lib.guarded_update(inner, grads, tx, finite, grad_norm)
   new_state = updated.replace(
       params=updated.params["student"],
       opt_state=tuple(updated.opt_state) + (ProjectionState(updated.params["projection"]),))

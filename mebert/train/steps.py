@@ -88,16 +88,21 @@ def accumulated_grads(grads_and_sums: Callable, batch: dict, rng: jax.Array,
 
 
 def guarded_update(state: TrainState, grads, tx: optax.GradientTransformation,
-                   finite: jax.Array) -> TrainState:
+                   finite: jax.Array, grad_norm: jax.Array | None = None) -> TrainState:
   """The optimizer update when `finite`; otherwise parameters and optimizer moments stay as they
   were and the skipped step is counted (nonfinite_in_row, nonfinite_total).
 
   A cond rather than jnp.where(finite, new, old) over every leaf, so that XLA updates the donated
   buffers in place: with the where, XLA:CPU copied the parameters and both Adam moments every
-  step. Callers should read anything `finite` needs (e.g. the parameter norm) before this."""
+  step. Callers should read anything `finite` needs (e.g. the parameter norm) before this.
+  `grad_norm`, the global norm of `grads` where the caller has it, goes to the clipping
+  (optimizer.clip_by_global_norm) as `global_grad_norm`, so it is not summed a second time."""
+  extra = {}
+  if grad_norm is not None and isinstance(tx, optax.GradientTransformationExtraArgs):
+    extra["global_grad_norm"] = grad_norm
 
   def update(params, opt_state, grads):
-    updates, opt_state = tx.update(grads, opt_state, params)
+    updates, opt_state = tx.update(grads, opt_state, params, **extra)
     return optax.apply_updates(params, updates), opt_state
 
   params, opt_state = jax.lax.cond(finite, update, lambda p, o, g: (p, o), state.params,
@@ -125,7 +130,7 @@ def train_step(state: TrainState, batch: dict, *, model: nn.Module,
   loss = sums["mlm_loss"] / jnp.maximum(mlm_total, 1.0) + sums["nsp_loss"] / jnp.maximum(nsp_total, 1.0)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(param_norm)
 
-  new_state = guarded_update(state, grads, tx, finite)
+  new_state = guarded_update(state, grads, tx, finite, grad_norm)
   metrics = dict(sums, loss=loss, grad_norm=grad_norm, param_norm=param_norm,
                  learning_rate=schedule(state.step), nonfinite_in_row=new_state.nonfinite_in_row,
                  steps=jnp.ones((), jnp.float32))

@@ -130,6 +130,18 @@ def test_clipping_equals_optax_clip_by_global_norm(scale):
   assert float(optax.global_norm(clipped)) == pytest.approx(min(scale, 1.0), rel=1e-6)
 
 
+def test_clipping_takes_the_norm_the_step_already_has():
+  """guarded_update hands the step's gradient norm through optax.chain to the clipping, which then
+  scales by it instead of summing the squares again."""
+  grads = {"a": jnp.array([6.0]), "b": jnp.array([0.0, 8.0])}  # norm 10
+  tx = optax.chain(optimizer.clip_by_global_norm(1.0), optax.sgd(1.0))
+  state = tx.init(grads)
+  own, _ = tx.update(grads, state)
+  given, _ = tx.update(grads, state, global_grad_norm=jnp.asarray(20.0))  # half the scale
+  for a, b in zip(jax.tree.leaves(own), jax.tree.leaves(given)):
+    np.testing.assert_allclose(b, a / 2, rtol=1e-6)
+
+
 @pytest.mark.parametrize("schedule", ["linear", "cosine", "polynomial"])
 def test_schedule_warms_up_then_decays(schedule):
   fn = optimizer.learning_rate_schedule(_train_config(schedule=schedule, num_steps=100,
