@@ -17,7 +17,8 @@ import time
 from typing import Callable
 
 
-def timed_rounds(run_steps: Callable[[int], None], *, steps: int, rounds: int) -> dict:
+def timed_rounds(run_steps: Callable[[int], None], *, steps: int, rounds: int,
+                 between_rounds: Callable[[], float] | None = None) -> dict:
   """Runs `steps` steps split into `rounds` equal rounds, each timed from dispatch to completion.
 
   `run_steps(n)` must run n steps and return only once they have finished (JAX: block on the
@@ -25,17 +26,29 @@ def timed_rounds(run_steps: Callable[[int], None], *, steps: int, rounds: int) -
   asynchronous dispatch overlaps host work with compute as it does in training. The step time is
   the median over rounds of round_time / steps_per_round: on a shared machine the median shrugs off
   a round that another process slowed down.
+
+  `between_rounds`, when given, is called before the first round and after every round (untimed);
+  its readings come back as `between_rounds_readings`, e.g. the matrix-product rate that the
+  utilisation divides by, measured at the same times as the steps (the machine's speed drifts by
+  several percent over a minute).
   """
   rounds = max(1, min(rounds, steps))
   per_round = max(1, steps // rounds)
-  times = []
+  times, readings = [], []
   for _ in range(rounds):
+    if between_rounds is not None:
+      readings.append(between_rounds())
     start = time.perf_counter()
     run_steps(per_round)
     times.append((time.perf_counter() - start) / per_round)
-  return {"step_time_s": statistics.median(times), "step_time_mean_s": statistics.fmean(times),
-          "step_time_min_s": min(times), "round_step_times_s": times,
-          "steps_timed": per_round * rounds}
+  if between_rounds is not None:
+    readings.append(between_rounds())
+  out = {"step_time_s": statistics.median(times), "step_time_mean_s": statistics.fmean(times),
+         "step_time_min_s": min(times), "round_step_times_s": times,
+         "steps_timed": per_round * rounds}
+  if readings:
+    out["between_rounds_readings"] = readings
+  return out
 
 
 def peak_rss_mb() -> float:

@@ -9,6 +9,7 @@ measures the machine's float32 matrix-product rate (CPU) or looks up the acceler
 from __future__ import annotations
 
 import functools
+import statistics
 import time
 
 import numpy as np
@@ -36,8 +37,9 @@ def accelerator_peak(device_kind: str) -> float | None:
   return None
 
 
-def matmul_rate(n: int, dtype="float32", repeats: int = 3) -> float:
-  """FLOP/s of a jitted n x n x n product, best of `repeats` (after one compile-and-run)."""
+def matmul_timer(n: int, dtype="float32"):
+  """Compiles (and runs once) a jitted n x n x n product; returns `rate(repeats)`: the FLOP/s of
+  `repeats` back-to-back products, and of the fastest one when best=True."""
   import jax
   import jax.numpy as jnp
 
@@ -45,12 +47,21 @@ def matmul_rate(n: int, dtype="float32", repeats: int = 3) -> float:
   b = jax.random.normal(jax.random.key(1), (n, n), dtype)
   f = jax.jit(jnp.matmul)
   f(a, b).block_until_ready()
-  best = float("inf")
-  for _ in range(repeats):
-    start = time.perf_counter()
-    f(a, b).block_until_ready()
-    best = min(best, time.perf_counter() - start)
-  return 2 * n**3 / best
+
+  def rate(repeats: int = 1, best: bool = False) -> float:
+    times = []
+    for _ in range(repeats):
+      start = time.perf_counter()
+      f(a, b).block_until_ready()
+      times.append(time.perf_counter() - start)
+    return 2 * n**3 / (min(times) if best else sum(times) / len(times))
+
+  return rate
+
+
+def matmul_rate(n: int, dtype="float32", repeats: int = 3) -> float:
+  """FLOP/s of a jitted n x n x n product, best of `repeats` (after one compile-and-run)."""
+  return matmul_timer(n, dtype)(repeats, best=True)
 
 
 def _parse_value(text: str):
@@ -77,10 +88,15 @@ def run(spec: dict, batch_path: str) -> dict:
   rss_start = timing.current_rss_mb()
   device = jax.devices()[0]
   out = {"platform": device.platform, "device_kind": device.device_kind, "jax": jax.__version__}
+  between_rounds = None
   if device.platform == "cpu":
     if spec.get("peak_size", 4096) > 0:
-      out["matmul_flops_per_s"] = matmul_rate(int(spec.get("peak_size", 4096)))
+      # Read before timing (best of 3) and again between the timed rounds (2 products each):
+      # the median of the latter is the rate under the same conditions as the steps.
       out["matmul_size"] = int(spec.get("peak_size", 4096))
+      matmul = matmul_timer(out["matmul_size"])
+      out["matmul_flops_per_s_best_of_3"] = matmul(3, best=True)
+      between_rounds = lambda: matmul(2)
   else:
     out["accelerator_bf16_peak_flops_per_s"] = accelerator_peak(device.device_kind)
     if out["accelerator_bf16_peak_flops_per_s"] is None:  # unknown chip: measure instead
@@ -137,7 +153,11 @@ def run(spec: dict, batch_path: str) -> dict:
     out["first_step_s"] = time.perf_counter() - start
     if spec["warmup"] > 1:
       run_steps(spec["warmup"] - 1, first=1)
-    out.update(timing.timed_rounds(run_steps, steps=spec["steps"], rounds=spec["rounds"]))
+    out.update(timing.timed_rounds(run_steps, steps=spec["steps"], rounds=spec["rounds"],
+                                   between_rounds=between_rounds))
+    if between_rounds is not None:
+      out["matmul_readings_flops_per_s"] = out.pop("between_rounds_readings")
+      out["matmul_flops_per_s"] = statistics.median(out["matmul_readings_flops_per_s"])
     out["final_loss"] = float(holder["metrics"]["loss"])
   out["peak_rss_mb"] = timing.peak_rss_mb()
   out["rss_at_start_mb"] = rss_start

@@ -42,12 +42,27 @@ def test_micro_case_writes_the_json(tmp_path):
   assert r["mebert_tokens_per_s"] == r["mebert_nonpad_tokens_per_s"]  # full-length rows
   assert 0 < r["mebert_useful_flop_util"] < r["mebert_slot_flop_util"]
   assert r["flax_peer_tokens_per_s"] is None and r["flax_peer_error"]
+  # The peak: the median of the matmul readings taken around the timed rounds (1 round: 2 readings).
+  readings = r["raw"]["mebert"]["matmul_readings_flops_per_s"]
+  assert len(readings) == 2 and r["matmul_flops_per_s_jax"] == pytest.approx(np.median(readings))
+  assert r["peak_flops_per_s"] >= r["matmul_flops_per_s_jax"] and r["matmul_flops_per_s_best_of_3"]
   assert r["machine"]["nproc"] >= 1 and r["machine"]["cpu_model"]
   if _importable("torch", "transformers"):
     assert r["peer_tokens_per_s"] > 0 and r["faster_peer"] == "pytorch"
     assert r["ratio"] == pytest.approx(r["mebert_tokens_per_s"] / r["peer_tokens_per_s"])
   else:
     assert r["peer_tokens_per_s"] is None
+
+
+def test_timed_rounds_reads_between_rounds():
+  from mebert.bench import timing
+
+  calls = []
+  out = timing.timed_rounds(lambda n: calls.append(("steps", n)), steps=6, rounds=3,
+                            between_rounds=lambda: calls.append(("read",)) or len(calls))
+  assert calls == [("read",), ("steps", 2), ("read",), ("steps", 2), ("read",), ("steps", 2),
+                   ("read",)]
+  assert out["between_rounds_readings"] == [1, 3, 5, 7] and len(out["round_step_times_s"]) == 3
 
 
 def test_flop_counts_follow_the_formula():
