@@ -257,27 +257,36 @@ def _epoch_chunks(n: int, batch_size: int, seed: int, epoch: int) -> list[np.nda
   return [order[start:start + batch_size] for start in range(0, n, batch_size)]
 
 
-def most_segments_per_row(lengths: np.ndarray, batch_size: int, pack_length: int,
-                          max_segments: int, seed: int) -> int:
-  """The most examples any packed row of the first epoch holds. Sequence heads read one [CLS]
-  slot per segment, and the last layer runs only at those slots: [rows, this] rather than
-  [rows, pack_length // 2] (SST-2 in rows of 72: 16 slots, not 32)."""
-  return max(max(len(g) for g in pack_groups(lengths[chunk], pack_length, max_segments))
-             for chunk in _epoch_chunks(len(lengths), batch_size, seed, 0))
+def epoch_row_groups(lengths: np.ndarray, batch_size: int, pack_length: int, max_segments: int,
+                     seed: int, epoch: int) -> list[tuple[np.ndarray, list[list[int]]]]:
+  """Per step of the epoch: its shuffled example indices and their packed rows (pack_groups)."""
+  return [(chunk, pack_groups(lengths[chunk], pack_length, max_segments))
+          for chunk in _epoch_chunks(len(lengths), batch_size, seed, epoch)]
+
+
+def most_segments_per_row(groups: list[tuple[np.ndarray, list[list[int]]]]) -> int:
+  """The most examples any packed row of an epoch (epoch_row_groups) holds. Sequence heads read
+  one [CLS] slot per segment, and the last layer runs only at those slots: [rows, this] rather
+  than [rows, pack_length // 2] (SST-2 in rows of 72: 16 slots, not 32). Packing the epoch again
+  with this as max_segments gives the same rows: first-fit never reached the limit."""
+  return max(len(row) for _, rows in groups for row in rows)
 
 
 def packed_train_batches(lengths: np.ndarray, batch_size: int, pack_length: int, max_segments: int,
-                         row_multiple: int, seed: int, epoch: int) -> list[tuple[np.ndarray, int]]:
+                         row_multiple: int, seed: int, epoch: int,
+                         groups: list | None = None) -> list[tuple[np.ndarray, int]]:
   """One epoch as (example indices [batch_size], -1 = none; number of packed rows) pairs: the same
   shuffled batch_size examples per step as unpacked batching would take, so the recipe (batch 32,
   steps per epoch) is unchanged; only padding goes. Row counts are rounded up to row_multiple (data
-  parallelism x accumulation); merge_row_counts then decides which counts get a compile."""
+  parallelism x accumulation); merge_row_counts then decides which counts get a compile. `groups`:
+  this epoch's epoch_row_groups when the caller has them already."""
+  if groups is None:
+    groups = epoch_row_groups(lengths, batch_size, pack_length, max_segments, seed, epoch)
   batches = []
-  for chunk in _epoch_chunks(len(lengths), batch_size, seed, epoch):
+  for chunk, packed_rows in groups:
     rows = np.full(batch_size, -1, np.int64)
     rows[:len(chunk)] = chunk
-    num_rows = len(pack_groups(lengths[chunk], pack_length, max_segments))
-    batches.append((rows, -(-num_rows // row_multiple) * row_multiple))
+    batches.append((rows, -(-len(packed_rows) // row_multiple) * row_multiple))
   return batches
 
 

@@ -164,10 +164,13 @@ class FineTuning:
     # Every example is at least [CLS] [SEP]: more segments than pack_length // 2 never fit a row.
     self.max_segments = int(data.pack_max_segments) or min(int(self.config.train.batch_size),
                                                              self.pack_length // 2)
-    if self.pack and not int(data.pack_max_segments):  # as many [CLS] slots as rows really use
-      self.max_segments = batching.most_segments_per_row(
+    self._first_epoch_groups = None  # epoch 0's packing, done once (see _epoch_batches)
+    if self.pack:
+      self._first_epoch_groups = batching.epoch_row_groups(
           self.enc_train.lengths, int(self.config.train.batch_size), self.pack_length,
-          self.max_segments, int(self.config.seed))
+          self.max_segments, int(self.config.seed), 0)
+      if not int(data.pack_max_segments):  # as many [CLS] slots as rows really use
+        self.max_segments = batching.most_segments_per_row(self._first_epoch_groups)
     log.info("%d train / %d dev examples, %d labels, tokenized in %.1fs (%s)", len(self.train_ex),
              len(self.dev_ex), len(self.labels), time.perf_counter() - t, self.source.origin)
 
@@ -190,13 +193,12 @@ class FineTuning:
       return batching.train_batches(self.enc_train.lengths, self.buckets, self.batch_size, seed,
                                     epoch)
     row_multiple = self.rt.dp * jax.process_count() * int(self.config.train.grad_accum_steps)
-    batches = batching.packed_train_batches(self.enc_train.lengths, self.batch_size,
-                                            self.pack_length, self.max_segments, row_multiple,
-                                            seed, epoch)
+    packed = lambda e: batching.packed_train_batches(
+        self.enc_train.lengths, self.batch_size, self.pack_length, self.max_segments, row_multiple,
+        seed, e, groups=self._first_epoch_groups if e == 0 else None)
+    batches = packed(epoch)
     if self._row_counts is None:  # fixed by the first epoch, so a resumed run compiles alike
-      first = batches if epoch == 0 else batching.packed_train_batches(
-          self.enc_train.lengths, self.batch_size, self.pack_length, self.max_segments,
-          row_multiple, seed, 0)
+      first = batches if epoch == 0 else packed(0)
       steps_per_count = collections.Counter(num_rows for _, num_rows in first)
       self._row_counts = batching.merge_row_counts(
           steps_per_count, float(self.config.data.compile_cost_tokens) / self.pack_length)

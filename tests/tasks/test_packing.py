@@ -54,6 +54,20 @@ def test_packed_train_batches_take_the_same_examples_per_step_as_padding():
   assert all((a[0] == b[0]).all() and a[1] == b[1] for a, b in zip(packed, again))
 
 
+def test_the_first_epochs_packing_serves_for_its_own_segment_limit():
+  """FineTuning packs epoch 0 once: to find the most segments per row, and then, with that as the
+  limit, for its batches. The limit never binds there, so the rows are the same."""
+  lengths = np.random.default_rng(2).integers(2, 12, 200)
+  loose = batching.epoch_row_groups(lengths, 32, 48, 24, seed=0, epoch=0)
+  most = batching.most_segments_per_row(loose)
+  assert 2 < most < 24
+  tight = batching.epoch_row_groups(lengths, 32, 48, most, seed=0, epoch=0)
+  assert all((a[0] == b[0]).all() and a[1] == b[1] for a, b in zip(loose, tight))
+  cached = batching.packed_train_batches(lengths, 32, 48, most, 1, 0, 0, groups=loose)
+  fresh = batching.packed_train_batches(lengths, 32, 48, most, 1, 0, 0)
+  assert all((a[0] == b[0]).all() and a[1] == b[1] for a, b in zip(cached, fresh))
+
+
 def test_rare_row_counts_run_padded_up_rather_than_compile_their_own_step():
   sst2 = {4: 4, 5: 185, 6: 902, 7: 749, 8: 152, 9: 6, 10: 1}  # steps per row count, rows of 72
   merged = batching.merge_row_counts(sst2, 250)
