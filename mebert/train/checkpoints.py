@@ -221,6 +221,21 @@ def _local_target(step_dir: epath.Path):
   return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree)
 
 
+def saved_config(workdir: str) -> dict | None:
+  """The resolved config saved with the latest checkpoint step, or None where it cannot be read
+  (an imported or older workdir: the restore itself then checks shapes)."""
+  manager = _manager(workdir, async_save=False, create=False)
+  try:
+    step = manager.latest_step()
+    if step is None:
+      return None
+    return dict(manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"])
+  except Exception:  # noqa: BLE001 - any unreadable config means "unknown", not an error here
+    return None
+  finally:
+    manager.close()
+
+
 def restore_params_and_step(workdir: str, step: int | None = None, abstract_params=None):
   """(params, config_dict, step) from a workdir's checkpoint, latest readable by default.
 

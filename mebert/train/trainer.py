@@ -335,11 +335,9 @@ ARCHITECTURE_KEYS = ("hidden_size", "num_layers", "num_heads", "intermediate_siz
 
 def _check_same_architecture(config, workdir: str) -> None:
   """Resuming with another architecture fails here, naming the keys, rather than deep inside
-  Orbax's restore with a shape error."""
-  path = epath.Path(workdir) / "config.json"
-  try:
-    saved = json.loads(path.read_text())["model"]
-  except (OSError, ValueError, KeyError, TypeError):
+  Orbax's restore with a shape error. Compares with the config saved in the latest checkpoint."""
+  saved = (checkpoints.saved_config(workdir) or {}).get("model")
+  if not isinstance(saved, dict):
     return  # an imported or older workdir: the restore itself checks the shapes
   changed = [f"model.{k}={config.model[k]!r} (checkpoint: {saved[k]!r})"
              for k in ARCHITECTURE_KEYS if k in saved and k in config.model and saved[k] != config.model[k]]
@@ -361,21 +359,15 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict:
   represent the length (a learned table) stops before restoring, with the reason.
   """
   exp = Experiment(config, workdir)
-  params, _, restored_step = checkpoints.restore_params_and_step(
+  params, saved_config, restored_step = checkpoints.restore_params_and_step(
       workdir, step, abstract_params=exp.abstract_state.params)
   metrics = exp.evaluate(params)
   metrics["step"] = int(restored_step)
   seq_len = int(config.data.seq_len)
   metrics["seq_len"] = seq_len
-  suffix = "" if seq_len == _trained_seq_len(workdir, seq_len) else f"_len{seq_len}"
+  trained_seq_len = (saved_config.get("data") or {}).get("seq_len", seq_len)
+  suffix = "" if seq_len == int(trained_seq_len) else f"_len{seq_len}"
   write_json(workdir, f"eval_step_{restored_step}{suffix}.json", metrics)
   return metrics
 
 
-def _trained_seq_len(workdir: str, default: int) -> int:
-  """data.seq_len of the run that wrote the workdir (its config.json), else `default`."""
-  path = epath.Path(workdir) / "config.json"
-  try:
-    return int(json.loads(path.read_text())["data"]["seq_len"])
-  except (OSError, ValueError, KeyError, TypeError):
-    return default

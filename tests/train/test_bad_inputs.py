@@ -111,6 +111,16 @@ def test_bad_run_inputs(workdir, tmp_path, overrides_of, culprit):
   assert _digest(workdir) == before  # nothing already written was lost or rewritten
 
 
+def test_resume_with_another_architecture_is_judged_by_the_checkpoints_own_config(workdir):
+  """The check reads the config saved with the latest checkpoint, not WORKDIR/config.json (which
+  a later run, or a hand, may have rewritten)."""
+  (workdir / "config.json").unlink()
+  before = _digest(workdir)
+  with pytest.raises(ValueError, match="another architecture: model.hidden_size=64") as e:
+    trainer.train_and_evaluate(tiny_config(**{"model.hidden_size": 64}), str(workdir))
+  assert "\n" not in str(e.value) and _digest(workdir) == before
+
+
 def test_new_run_initialised_from_a_directory_that_is_not_a_checkpoint(tmp_path):
   (tmp_path / "not_a_run").mkdir()
   config = tiny_config(**{"init.checkpoint": str(tmp_path / "not_a_run")})
