@@ -51,6 +51,18 @@ def timed_rounds(run_steps: Callable[[int], None], *, steps: int, rounds: int,
   return out
 
 
+def product_rate(run_product: Callable[[], object], flops: float, repeats: int,
+                 best: bool = False) -> float:
+  """FLOP/s of `repeats` back-to-back calls of `run_product` (each returns once its product is
+  done): over their mean time, or over the fastest one when best=True."""
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    run_product()
+    times.append(time.perf_counter() - start)
+  return flops / (min(times) if best else sum(times) / len(times))
+
+
 def peak_rss_mb() -> float:
   """This process's peak resident set size so far (Linux reports ru_maxrss in KiB)."""
   kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

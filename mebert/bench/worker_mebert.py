@@ -49,12 +49,7 @@ def matmul_timer(n: int, dtype="float32"):
   f(a, b).block_until_ready()
 
   def rate(repeats: int = 1, best: bool = False) -> float:
-    times = []
-    for _ in range(repeats):
-      start = time.perf_counter()
-      f(a, b).block_until_ready()
-      times.append(time.perf_counter() - start)
-    return 2 * n**3 / (min(times) if best else sum(times) / len(times))
+    return timing.product_rate(lambda: f(a, b).block_until_ready(), 2 * n**3, repeats, best)
 
   return rate
 

@@ -72,12 +72,7 @@ def run(spec: dict, batch_path: str) -> dict:
     a @ b
 
     def matmul(repeats: int, best: bool = False) -> float:
-      times = []
-      for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - start)
-      return 2 * n**3 / (min(times) if best else sum(times) / len(times))
+      return timing.product_rate(lambda: a @ b, 2 * n**3, repeats, best)
 
     out["matmul_flops_per_s_best_of_3"] = matmul(3, best=True)
     between_rounds = lambda: matmul(2)
