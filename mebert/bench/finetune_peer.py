@@ -10,7 +10,14 @@ each epoch, dynamic padding (each batch padded to its longest row), AdamW with t
 betas, eps and weight decay (not on biases and LayerNorm), global-norm clipping, warmup then linear
 decay, fp32, all CPU threads. It evaluates once at the end on the dev split with mebert's metrics.
 Training time excludes tokenization and evaluation, as mebert's `train_time_s` does. The last stdout
-line is the JSON record.
+line is the JSON record. task.hidden_dropout, task.attention_dropout and task.classifier_dropout
+are honoured as mebert honours them.
+
+--same_start pairs a run with mebert's of the same config and seed: the peer then takes mebert's
+example order each epoch and mebert's initial classifier (drawn by JAX), so the two runs differ
+only in their dropout masks and in float rounding. With task.hidden_dropout=0 and
+task.attention_dropout=0 on both sides they differ in rounding alone, and their scores should
+agree to that.
 """
 
 from __future__ import annotations
@@ -26,9 +33,51 @@ from ml_collections import config_flags
 
 from mebert.tasks import batching, data as data_lib, inference
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Fine-tuning config file.",
-                                          lock_config=True)
-_JSON = flags.DEFINE_string("json", "", "Where to write the JSON record (also printed).")
+
+def define_flags():
+  """Flags only when run as a program: tests import this module beside other modules' --config."""
+  config_flags.DEFINE_config_file("config", None, "Fine-tuning config file.", lock_config=True)
+  flags.DEFINE_string("json", "", "Where to write the JSON record (also printed).")
+  flags.DEFINE_bool("same_start", False, "Take mebert's example order and initial classifier for "
+                    "this config and seed (see the module docstring).")
+  flags.mark_flags_as_required(["config"])
+
+
+def dropout_kwargs(config) -> dict:
+  """The config's dropout overrides as Hugging Face config keys (the negative ones left out)."""
+  out = {}
+  for key, hf_key in (("hidden_dropout", "hidden_dropout_prob"),
+                      ("attention_dropout", "attention_probs_dropout_prob"),
+                      ("classifier_dropout", "classifier_dropout")):
+    if float(config.task[key]) >= 0:
+      out[hf_key] = float(config.task[key])
+  return out
+
+
+def mebert_initial_classifier(config, labels) -> tuple[np.ndarray, np.ndarray]:
+  """(kernel [H, C], bias [C]): the classifier `python -m mebert.train` starts from with this config
+  and seed, initialised as its FineTuning does (jitted init, key(seed, impl="rbg"))."""
+  import flax.linen as nn
+  import jax
+
+  from mebert.tasks import sources
+
+  source = sources.load_source(config)
+  rt = inference.Runtime(config, source.model_config, config.task.kind, labels)
+  with rt.sharding_context():
+    params = jax.jit(lambda key: nn.unbox(rt.init_params(key)))(
+        jax.random.key(int(config.seed), impl="rbg"))
+  head = jax.device_get(params["classifier"])
+  return np.asarray(head["kernel"]), np.asarray(head["bias"])
+
+
+def epoch_order(n: int, config, epoch: int, rng: np.random.Generator,
+                same_start: bool) -> np.ndarray:
+  """The examples' order in an epoch: mebert's with --same_start (packed batches take it 32 at a
+  time, as the peer does), else a permutation from the peer's own generator."""
+  if same_start:
+    return batching.epoch_order(n, int(config.seed), epoch)
+  return rng.permutation(n)
 
 
 def _padded(enc: batching.Encoded, rows: np.ndarray, kind: str, pad_id: int, torch,
@@ -79,7 +128,7 @@ def _predict(model, enc: batching.Encoded, kind: str, labels, pad_id: int, batch
   return out
 
 
-def run(config) -> dict:
+def run(config, same_start: bool = False) -> dict:
   import torch
   import transformers
 
@@ -100,7 +149,13 @@ def run(config) -> dict:
   cls = (transformers.BertForTokenClassification if kind == "token_classification"
          else transformers.BertForSequenceClassification)
   model = cls.from_pretrained(folder, num_labels=num_labels,
-                              problem_type="regression" if kind == "regression" else None)
+                              problem_type="regression" if kind == "regression" else None,
+                              **dropout_kwargs(config))
+  if same_start:
+    kernel, bias = mebert_initial_classifier(config, labels)
+    with torch.no_grad():
+      model.classifier.weight.copy_(torch.from_numpy(kernel.T))
+      model.classifier.bias.copy_(torch.from_numpy(bias))
   train = config.train
   batch_size = int(train.batch_size)
   per_epoch = math.ceil(len(enc_train) / batch_size)
@@ -119,9 +174,10 @@ def run(config) -> dict:
 
   model.train()
   rng = np.random.default_rng(int(config.seed))
-  step, train_s, slots, real = 0, 0.0, 0, 0
+  step, train_s, slots, real, epoch = 0, 0.0, 0, 0, 0
   while step < num_steps:
-    order = rng.permutation(len(enc_train))
+    order = epoch_order(len(enc_train), config, epoch, rng, same_start)
+    epoch += 1
     for start in range(0, len(order), batch_size):
       if step >= num_steps:
         break
@@ -156,14 +212,14 @@ def run(config) -> dict:
 
 def main(argv):
   del argv
-  record = run(_CONFIG.value)
+  record = run(flags.FLAGS.config, flags.FLAGS.same_start)
   line = json.dumps(record, sort_keys=True, default=str)
-  if _JSON.value:
-    with open(_JSON.value, "w") as f:
+  if flags.FLAGS.json:
+    with open(flags.FLAGS.json, "w") as f:
       f.write(line + "\n")
   print(line)
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["config"])
+  define_flags()
   app.run(main)

@@ -156,11 +156,16 @@ def _bucket_index(lengths: np.ndarray, buckets: tuple[int, ...]) -> np.ndarray:
   return np.searchsorted(np.asarray(buckets), lengths, side="left")
 
 
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+  """The shuffled order of n examples in an epoch, deterministic in (seed, epoch)."""
+  return np.random.default_rng([seed, epoch]).permutation(n)
+
+
 def train_batches(lengths: np.ndarray, buckets: tuple[int, ...], batch_size: int, seed: int,
                   epoch: int) -> list[tuple[np.ndarray, int]]:
   """One epoch as (row indices, padded length) batches; -1 rows are padding. Deterministic in
   (seed, epoch), so a resumed run replays the same epoch and skips what it has done."""
-  order = np.random.default_rng([seed, epoch]).permutation(len(lengths))
+  order = epoch_order(len(lengths), seed, epoch)
   which = _bucket_index(lengths, buckets)
   queues: list[list[int]] = [[] for _ in buckets]
   batches = []
@@ -253,7 +258,7 @@ def pack_groups(lengths: np.ndarray, pack_length: int, max_segments: int) -> lis
 
 def _epoch_chunks(n: int, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
   """The epoch's shuffled example indices, batch_size per step (the last step may have fewer)."""
-  order = np.random.default_rng([seed, epoch]).permutation(n)
+  order = epoch_order(n, seed, epoch)
   return [order[start:start + batch_size] for start in range(0, n, batch_size)]
 
 

@@ -36,6 +36,10 @@ def finetune_defaults() -> config_dict.ConfigDict:
   c.task.label_column = "label"
   c.task.positive_label = ""  # binary F1's positive class; "" = the second label ("1" of "0","1")
   c.task.classifier_dropout = -1.0  # < 0: the model's dropout_rate, as Hugging Face does
+  # The encoder's dropout during fine-tuning (Hugging Face's hidden_dropout_prob and
+  # attention_probs_dropout_prob); < 0: the initialising model's own rates.
+  c.task.hidden_dropout = -1.0
+  c.task.attention_dropout = -1.0
   c.task.truncated_tag = "O"  # token tasks: the tag of words cut off by data.seq_len
 
   c.data = config_dict.ConfigDict()

@@ -37,8 +37,27 @@ def _runtime(config) -> dict:
   return {k: config.model[k] for k in RUNTIME_KEYS}
 
 
+def dropout_overrides(config) -> dict:
+  """task.hidden_dropout / task.attention_dropout as ModelConfig fields, the negative ones left out."""
+  out = {}
+  for key, field in (("hidden_dropout", "dropout_rate"), ("attention_dropout", "attention_dropout_rate")):
+    rate = float(config.task[key])
+    if rate >= 1.0:
+      raise ValueError(f"task.{key}={rate} must be below 1 (a negative value keeps the model's own)")
+    if rate >= 0.0:
+      out[field] = rate
+  return out
+
+
 def load_source(config) -> Source:
-  """The initialising model: init.hf, init.checkpoint, or config.model (random)."""
+  """The initialising model: init.hf, init.checkpoint, or config.model (random), with the task's
+  dropout overrides applied."""
+  source = _load_source(config)
+  source.model_config = source.model_config.replace(**dropout_overrides(config))
+  return source
+
+
+def _load_source(config) -> Source:
   lowercase = bool(config.data.lowercase)
   if config.init.hf and config.init.checkpoint:
     raise ValueError("set one of init.hf and init.checkpoint, not both")
