@@ -38,13 +38,13 @@ def _runtime(config) -> dict:
 
 
 def dropout_overrides(config) -> dict:
-  """task.hidden_dropout / task.attention_dropout as ModelConfig fields, the negative ones left out."""
+  """task.hidden_dropout / task.attention_dropout as ModelConfig fields, negatives left out."""
   out = {}
   for key, field in (("hidden_dropout", "dropout_rate"),
                      ("attention_dropout", "attention_dropout_rate")):
     rate = float(config.task[key])
     if rate >= 1.0:
-      raise ValueError(f"task.{key}={rate} must be below 1 (a negative value keeps the model's own)")
+      raise ValueError(f"task.{key}={rate} must be below 1 (negative keeps the model's own rate)")
     if rate >= 0.0:
       out[field] = rate
   return out

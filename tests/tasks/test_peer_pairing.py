@@ -1,4 +1,4 @@
-"""The knobs that pair a mebert fine-tuning run with the PyTorch peer's (mebert.bench.finetune_peer):
+"""The knobs that pair a mebert fine-tuning run with the PyTorch peer's (bench.finetune_peer):
 dropout overrides that both sides honour, and --same_start's order and initial classifier, which
 must be exactly what `python -m mebert.train` starts from."""
 
@@ -13,7 +13,8 @@ from mebert.tasks import batching, finetune, sources
 
 
 def _token_config(tiny_config, vocab_file, tmp_path, **overrides):
-  rows = [{"tokens": ["john", "visited", "paris", "today"], "ner_tags": ["B-PER", "O", "B-LOC", "O"]},
+  rows = [{"tokens": ["john", "visited", "paris", "today"],
+           "ner_tags": ["B-PER", "O", "B-LOC", "O"]},
           {"tokens": ["the", "bank", "said"], "ner_tags": ["O", "B-ORG", "O"]}] * 8
   path = tmp_path / "train.jsonl"
   path.write_text("".join(json.dumps(r) + "\n" for r in rows))
