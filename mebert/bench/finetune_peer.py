@@ -44,13 +44,15 @@ def define_flags():
 
 
 def dropout_kwargs(config) -> dict:
-  """The config's dropout overrides as Hugging Face config keys (the negative ones left out)."""
-  out = {}
-  for key, hf_key in (("hidden_dropout", "hidden_dropout_prob"),
-                      ("attention_dropout", "attention_probs_dropout_prob"),
-                      ("classifier_dropout", "classifier_dropout")):
-    if float(config.task[key]) >= 0:
-      out[hf_key] = float(config.task[key])
+  """The config's dropout overrides (sources.dropout_overrides, named as ModelConfig fields) as
+  Hugging Face config keys, through interop's key table; plus task.classifier_dropout when set."""
+  from mebert.interop import hf_config
+  from mebert.tasks import sources
+
+  to_hf = {field: hf_key for hf_key, field in hf_config._KEYS.items()}
+  out = {to_hf[field]: rate for field, rate in sources.dropout_overrides(config).items()}
+  if float(config.task.classifier_dropout) >= 0:
+    out["classifier_dropout"] = float(config.task.classifier_dropout)
   return out
 
 
