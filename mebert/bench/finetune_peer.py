@@ -49,7 +49,7 @@ def dropout_kwargs(config) -> dict:
   from mebert.interop import hf_config
   from mebert.tasks import sources
 
-  to_hf = {field: hf_key for hf_key, field in hf_config._KEYS.items()}
+  to_hf = {field: hf_key for hf_key, field in hf_config.HF_TO_MEBERT_KEYS.items()}
   out = {to_hf[field]: rate for field, rate in sources.dropout_overrides(config).items()}
   if float(config.task.classifier_dropout) >= 0:
     out["classifier_dropout"] = float(config.task.classifier_dropout)

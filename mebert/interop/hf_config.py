@@ -13,8 +13,9 @@ import os
 from mebert.interop.errors import InteropError
 from mebert.model.config import ModelConfig
 
-# HF key -> ModelConfig key, for keys that map one to one.
-_KEYS = {
+# HF key -> ModelConfig key, for keys that map one to one (public: the transformers peer names
+# its dropout overrides through it).
+HF_TO_MEBERT_KEYS = {
     "vocab_size": "vocab_size",
     "hidden_size": "hidden_size",
     "num_hidden_layers": "num_layers",
@@ -62,7 +63,7 @@ def model_kwargs_from_hf(hf: dict, path: str = "config.json") -> dict:
   act = hf.get("hidden_act", "gelu")
   if act not in _ACT_FROM_HF:
     raise InteropError(f"{path}: hidden_act={act!r} is not one of {sorted(_ACT_FROM_HF)}")
-  kwargs = {ours: hf[theirs] for theirs, ours in _KEYS.items() if theirs in hf}
+  kwargs = {ours: hf[theirs] for theirs, ours in HF_TO_MEBERT_KEYS.items() if theirs in hf}
   if kwargs.get("pad_token_id") is None:
     kwargs["pad_token_id"] = 0
   kwargs["hidden_act"] = _ACT_FROM_HF[act]
@@ -99,7 +100,7 @@ def hf_config_from_model(cfg: ModelConfig, architecture: str,
                          labels: list[str] | None = None) -> dict:
   check_exportable(cfg)
   out = {"architectures": [architecture], "model_type": "bert"}
-  out.update({theirs: getattr(cfg, ours) for theirs, ours in _KEYS.items()})
+  out.update({theirs: getattr(cfg, ours) for theirs, ours in HF_TO_MEBERT_KEYS.items()})
   out.update(hidden_act=_ACT_TO_HF[cfg.hidden_act], position_embedding_type="absolute",
              tie_word_embeddings=True, dtype="float32", torch_dtype="float32")
   if labels is not None:
