@@ -11,8 +11,8 @@ Arguments: none (../shared/data/conll2003 train.txt / valid.txt) or "tfds" (conl
 Dropout is off (task.hidden_dropout = task.attention_dropout = 0; the classifier's follows). It
 was chosen on data the evaluation never sees: 10% of train.txt held out by sentence hash, 2
 epochs, seeds 0-2, entity F1 0.868 without dropout against 0.847 with MiniLM's 0.1
-(BENCHMARKS.md, "CoNLL-2003: dropout chosen on a held-out part of train"). Set both to -1 for the
-model's own rates, as Hugging Face's recipe has them.
+(BENCHMARKS.md, "CoNLL-2003: nine pairs, and dropout chosen on a held-out part of train").
+Set both to -1 for the model's own rates, as Hugging Face's recipe has them.
 """
 
 from mebert.tasks.defaults import finetune_defaults, minilm_folder, shared_data
