@@ -288,18 +288,24 @@ def check_labels(examples: list[Example], labels: list[str], kind: str) -> None:
                         f"{len(labels)} labels: {labels}")
 
 
-def holdout_split(examples: list[Example], fraction: float):
+def holdout_split(examples: list[Example], fraction: float, offset: float = 0.0):
   """(train, held out) by a hash of each example's text: deterministic, independent of the seed,
-  and duplicated sentences (SST-2 repeats phrases) all land on the same side."""
+  and duplicated sentences (SST-2 repeats phrases) all land on the same side. The held-out part is
+  hash buckets [offset, offset + fraction); buckets below offset are on neither side, so a
+  selection split (offset 0.05) never sees the examples an evaluation split (fraction 0.05) holds."""
   if not 0.0 < fraction < 1.0:
     raise ValueError(f"data.holdout_fraction={fraction} must be in (0, 1) when data.eval_files "
                      "is empty")
+  if not 0.0 <= offset < 1.0 - fraction:
+    raise ValueError(f"data.holdout_offset={offset} must be in [0, 1 - data.holdout_fraction="
+                     f"{1.0 - fraction:g})")
   train, held = [], []
   for ex in examples:
     key = json.dumps([ex.text, ex.pair], ensure_ascii=False).encode("utf-8")
     bucket = int.from_bytes(hashlib.md5(key).digest()[:8], "little") / 2.0**64
-    (held if bucket < fraction else train).append(ex)
+    if bucket >= offset:
+      (held if bucket < offset + fraction else train).append(ex)
   if not train or not held:
-    raise ValueError(f"data.holdout_fraction={fraction} leaves an empty split of "
-                     f"{len(examples)} examples")
+    raise ValueError(f"data.holdout_fraction={fraction} (offset {offset}) leaves an empty split "
+                     f"of {len(examples)} examples")
   return train, held

@@ -47,6 +47,9 @@ def finetune_defaults() -> config_dict.ConfigDict:
   c.data.train_files = ""
   c.data.eval_files = ""  # "" = the held-out part of train_files
   c.data.holdout_fraction = 0.0  # of train_files, by a hash of the text: used when eval_files is ""
+  # Hash buckets below this are left out of both sides: a selection split nested beside the
+  # evaluation one (offset = the evaluation's fraction) for choosing a recipe on unseen data.
+  c.data.holdout_offset = 0.0
   c.data.format = "auto"  # auto (by suffix) | tsv | csv | jsonl | conll | text
   c.data.header = True  # TSV/CSV: the first row names the columns
   c.data.conll_word_column = 0

@@ -254,7 +254,8 @@ def dataset_splits(config, need_train: bool = True):
   if not train or float(data.holdout_fraction) <= 0:
     raise ValueError("no dev data: set data.eval_files, or data.train_files with "
                      "data.holdout_fraction > 0")
-  train, dev = data_lib.holdout_split(train, float(data.holdout_fraction))
+  train, dev = data_lib.holdout_split(train, float(data.holdout_fraction),
+                                      float(data.holdout_offset))
   return train, dev[:int(data.max_eval_examples)] if int(data.max_eval_examples) > 0 else dev
 
 

@@ -37,6 +37,14 @@ def test_sst2_trailing_space_stripped_and_holdout_is_deterministic(shared_data, 
   assert sorted(e.line for e in held) == sorted(e.line for e in held2)  # order-independent
   assert 0.05 < len(held) / len(examples) < 0.15
   assert not {e.text for e in train} & {e.text for e in held}  # repeated phrases on one side
+  # A nested selection split (offset = the evaluation's fraction) never touches the evaluation's.
+  sel_train, sel = data.holdout_split(examples, 0.1, offset=0.1)
+  evaluation = {e.line for e in held}
+  assert not evaluation & {e.line for e in sel_train + sel}
+  assert len(sel_train) + len(sel) + len(held) == len(examples)
+  assert {e.line for e in sel} < {e.line for e in train} and 0.05 < len(sel) / len(examples) < 0.15
+  with pytest.raises(ValueError, match=r"data\.holdout_offset=0\.95"):
+    data.holdout_split(examples, 0.1, offset=0.95)
 
 
 def test_csv_jsonl_and_text_readers(tmp_path, tiny_config):
