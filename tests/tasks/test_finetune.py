@@ -294,6 +294,10 @@ def test_seeds_report_mean_std_and_ensemble_gain(mrpc_run, tmp_path):
   assert (tmp_path / "seeds.md").read_text().count("|") > 10
   again = seeds.run_seeds(_mrpc_config(mrpc_run), str(tmp_path), [0, 1], ensemble=False)
   assert again["metrics"]["f1"] == f1  # finished seeds are re-read, not retrained
+  # Seed 0 once more, in a fresh workdir: every shape it needs was compiled by the first seed 0
+  # in this process, and a run counts only its own compiles (not the shared step's whole cache).
+  fresh = seeds.run_seeds(_mrpc_config(mrpc_run), str(tmp_path / "fresh"), [0], ensemble=False)
+  assert fresh["runs"][0]["train_step_compiles"] == 0
 
 
 def test_interrupted_run_resumes_to_the_same_result(mrpc_run, tmp_path, monkeypatch):
