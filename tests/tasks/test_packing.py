@@ -172,15 +172,21 @@ def test_merged_row_counts_train_exactly_as_unmerged(tiny_config, vocab_file, se
   texts = sentences(400, seed=6)
   path = tmp_path / "train.tsv"
   path.write_text("sentence\tlabel\n" + "".join(f"{t}\t{int('good' in t)}\n" for t in texts))
-  results = {}
+  results, counts = {}, {}
   for cost in (1e9, 0.0):  # one step at the largest row count / every count its own step
     config = tiny_config("classification", vocab_file, **{
         "data.train_files": str(path), "data.holdout_fraction": 0.2, "train.num_steps": 8,
         "eval.every_steps": 8, "data.pack_length": 16, "data.compile_cost_tokens": cost,
         "train.batch_size": 32, "train.learning_rate": 1.5e-3})  # own optimizer: fresh steps
-    results[cost] = finetune.FineTuning(config, str(tmp_path / f"w{cost:g}")).train()
-  # The jitted step is shared (same model and optimizer): the second run adds its other counts.
-  assert results[1e9]["train_step_compiles"] == 1 < results[0.0]["train_step_compiles"]
+    run = finetune.FineTuning(config, str(tmp_path / f"w{cost:g}"))
+    counts[cost] = {run._epoch_batches(step // run.per_epoch)[step % run.per_epoch][1]
+                    for step in range(8)}
+    results[cost] = run.train()
+  assert counts[1e9] == {max(counts[0.0])} and len(counts[0.0]) > 1
+  # The jitted step is shared (same model and optimizer), and each run counts only the shapes it
+  # compiled: the second run compiles the counts the first did not.
+  assert results[1e9]["train_step_compiles"] == 1
+  assert results[0.0]["train_step_compiles"] == len(counts[0.0]) - 1
   assert results[1e9]["train_tokens_per_s"] > 0
   for key in ("loss", "accuracy"):
     assert results[1e9][key] == pytest.approx(results[0.0][key], rel=1e-5, abs=1e-6)
