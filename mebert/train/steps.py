@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mebert.train import optimizer
+
 MODEL_INPUTS = ("input_ids", "token_type_ids", "segment_ids", "positions")
 
 
@@ -67,18 +69,48 @@ def pretraining_sums(params, batch, model: nn.Module, rng, mlm_total, nsp_total)
   return loss, sums
 
 
+def micro_batches(batch: dict, grad_accum_steps: int) -> dict:
+  """[B, ...] -> [A, B / A, ...] where micro-batch k holds rows k, k + A, k + 2A, ...
+
+  The batch is split over the ('data', 'fsdp') devices in contiguous blocks of rows, so taking
+  every A-th row gives each micro-batch B / (devices x A) rows from every device's own block: the
+  reshape [B] -> [B / A, A] keeps the sharded axis outermost, and no row moves between devices.
+  (Contiguous micro-batches would live on 1/A of the devices and be gathered onto all of them at
+  every micro-step.) The constraint pins the rows of each micro-batch to the batch axes, so XLA
+  cannot pick a layout that gathers them. Every leaf must have the rows as its leading axis: a
+  packed fine-tuning batch's per-row arrays (cls_positions, weights, ...) split with their rows."""
+
+  def split(x):
+    if x.shape[0] % grad_accum_steps:
+      raise ValueError(f"a batch of {x.shape[0]} rows does not split into "
+                       f"train.grad_accum_steps={grad_accum_steps} micro-batches")
+    strided = x.reshape(x.shape[0] // grad_accum_steps, grad_accum_steps, *x.shape[1:])
+    return _constrain_rows(jnp.swapaxes(strided, 0, 1), row_axis=1)
+
+  return jax.tree.map(split, batch)
+
+
+def _constrain_rows(x: jax.Array, row_axis: int) -> jax.Array:
+  """x with its row axis on the logical 'batch' axis (the mesh's batch axes) and the rest whole,
+  as the batch arrives (mebert.parallel.mesh.batch_sharding). A no-op outside logical axis rules."""
+  names = [None] * x.ndim
+  names[row_axis] = "batch"
+  return nn.with_logical_constraint(x, tuple(names))
+
+
 def accumulated_grads(grads_and_sums: Callable, batch: dict, rng: jax.Array,
                       grad_accum_steps: int):
-  """`grads_and_sums(batch, rng)` over the whole batch, or summed over `grad_accum_steps` equal
-  micro-batches in a scan (each with its own dropout key). Losses are sums normalised by the
-  global batch's totals, so the accumulated gradient is exactly the full batch's."""
+  """`grads_and_sums(batch, rng)` over the whole batch, or summed over `grad_accum_steps`
+  micro-batches (`micro_batches`: each device's own rows) in a scan, each micro-batch with its own
+  dropout key. Losses are sums normalised by the global batch's totals, so the accumulated
+  gradient is exactly the full batch's."""
   if grad_accum_steps == 1:
     return grads_and_sums(batch, rng)
-  micro = jax.tree.map(
-      lambda x: x.reshape(grad_accum_steps, x.shape[0] // grad_accum_steps, *x.shape[1:]), batch)
+  micro = micro_batches(batch, grad_accum_steps)
 
   def accumulate(carry, inputs):
     index, micro_batch = inputs
+    micro_batch = jax.tree.map(lambda x: _constrain_rows(x, row_axis=0), micro_batch)
     return jax.tree.map(jnp.add, carry, grads_and_sums(micro_batch, jax.random.fold_in(rng, index))), None
 
   shapes = jax.eval_shape(lambda: grads_and_sums(jax.tree.map(lambda x: x[0], micro), rng))
@@ -113,6 +145,12 @@ def guarded_update(state: TrainState, grads, tx: optax.GradientTransformation,
       nonfinite_total=state.nonfinite_total + (~finite).astype(jnp.int32))
 
 
+def applied_learning_rate(schedule: Callable, state: TrainState) -> jax.Array:
+  """The learning rate of this step's update: the schedule at the optimizer's own step count
+  (which a skipped non-finite step does not advance), not at state.step (which it does)."""
+  return schedule(optimizer.schedule_count(state.opt_state, default=state.step))
+
+
 def train_step(state: TrainState, batch: dict, *, model: nn.Module,
                tx: optax.GradientTransformation, schedule: Callable, seed: int,
                grad_accum_steps: int = 1) -> tuple[TrainState, dict]:
@@ -132,7 +170,8 @@ def train_step(state: TrainState, batch: dict, *, model: nn.Module,
 
   new_state = guarded_update(state, grads, tx, finite, grad_norm)
   metrics = dict(sums, loss=loss, grad_norm=grad_norm, param_norm=param_norm,
-                 learning_rate=schedule(state.step), nonfinite_in_row=new_state.nonfinite_in_row,
+                 learning_rate=applied_learning_rate(schedule, state),
+                 nonfinite_in_row=new_state.nonfinite_in_row,
                  steps=jnp.ones((), jnp.float32))
   return new_state, metrics
 
