@@ -6,6 +6,13 @@ A step directory WORKDIR/checkpoints/<step>/ holds up to four items:
   data    - the grain iterator state, one file per process, so the data stream resumes exactly;
   config  - the resolved config as JSON.
 Imported models (mebert.interop) write params and config only.
+
+A step that a training run finds unreadable on resume (and falls back past) is moved aside to
+WORKDIR/checkpoints/<step>.damaged (or <step>.damaged-<n>), never deleted: Orbax would otherwise
+keep it as the latest step and refuse to save that step number again. Orbax neither lists such a
+directory as a step (its step names are digits only) nor removes it as an unfinished one (those
+carry ".orbax-checkpoint-tmp"; on a bucket, they lack the commit file that a finished step, moved
+or not, keeps). Read-only consumers (eval, predict, init from a workdir) only skip damaged steps.
 """
 
 from __future__ import annotations
@@ -54,16 +61,40 @@ def checkpoint_dir(workdir: str) -> epath.Path:
   return epath.Path(workdir) / "checkpoints"
 
 
+BEST_MODES = ("auto", "max", "min")
+# Metrics where lower is better, by name: losses and errors. Anything else (accuracy, F1,
+# correlation, a fine-tuning run's selection_score) is higher-is-better.
+_LOWER_IS_BETTER = re.compile(r"(^|_)(loss|mse|mae|rmse|perplexity|ppl|error|err)$")
+
+
+def best_metric_mode(metric: str, mode: str = "auto", *,
+                     key: str = "checkpoint.best_mode") -> str:
+  """'max' or 'min': whether a higher `metric` is better. 'auto' decides by the metric's name
+  (mlm_loss, loss, *_loss, mse, perplexity, *_error -> min; otherwise max)."""
+  if mode not in BEST_MODES:
+    raise ValueError(f"{key}={mode!r} is not one of {', '.join(BEST_MODES)}")
+  if mode != "auto":
+    return mode
+  return "min" if _LOWER_IS_BETTER.search(metric.lower()) else "max"
+
+
 def _manager(workdir: str, *, keep: int = 2, best_metric: str | None = None,
-             async_save: bool = True, create: bool = True) -> ocp.CheckpointManager:
+             best_mode: str = "auto", async_save: bool = True,
+             read_only: bool = False) -> ocp.CheckpointManager:
+  """read_only: for consumers of another run's workdir (eval, predict, init from it), which must
+  change nothing there: no directory created, and no "unfinished" step directory removed (it may
+  be a save that the run owning the workdir is writing right now)."""
   policies = [pp.LatestN(keep)]
   if best_metric:
-    # Never the latest-deleting best_fn + max_to_keep: LatestN keeps the resume point, BestN the best.
-    policies.append(pp.BestN(get_metric_fn=lambda m: m[best_metric], reverse=False, n=1,
-                             keep_checkpoints_without_metrics=False))
+    # Never the latest-deleting best_fn + max_to_keep: LatestN keeps the resume point, BestN the
+    # best. BestN keeps the highest value; reverse=True, the lowest.
+    lower_is_better = best_metric_mode(best_metric, best_mode) == "min"
+    policies.append(pp.BestN(get_metric_fn=lambda m: m[best_metric], reverse=lower_is_better,
+                             n=1, keep_checkpoints_without_metrics=False))
   options = ocp.CheckpointManagerOptions(
-      preservation_policy=pp.AnyPreservationPolicy(policies), create=create,
-      enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
+      preservation_policy=pp.AnyPreservationPolicy(policies), create=not read_only,
+      read_only=read_only, enable_async_checkpointing=async_save,
+      cleanup_tmp_directories=not read_only)
   return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
 
 
@@ -71,9 +102,12 @@ class Checkpointer:
   """Saves and restores training checkpoints for one workdir (every process calls every method)."""
 
   def __init__(self, workdir: str, *, keep: int = 2, best_metric: str | None = None,
-               async_save: bool = True):
+               best_mode: str = "auto", async_save: bool = True):
+    """best_metric: the eval metric whose best step is kept besides the latest `keep`; best_mode:
+    'max', 'min' or 'auto' (by the metric's name, see `best_metric_mode`)."""
     self.workdir = workdir
-    self.manager = _manager(workdir, keep=keep, best_metric=best_metric, async_save=async_save)
+    self.manager = _manager(workdir, keep=keep, best_metric=best_metric, best_mode=best_mode,
+                            async_save=async_save)
     self._in_flight: int | None = None  # the step an asynchronous save may still be writing
 
   def all_steps(self) -> list[int]:
@@ -148,37 +182,50 @@ class Checkpointer:
 
   def restore_latest(self, abstract_state, data_iterator):
     """Restores the newest readable step into `abstract_state` (which carries the target
-    shardings) and the data iterator; falls back past damaged steps. None when there is nothing."""
+    shardings) and the data iterator; falls back past damaged steps, which are then moved aside
+    (`_set_aside`) so that the run can save those step numbers again. None when there is
+    nothing; CheckpointError (and nothing moved) when no step is readable."""
     steps = sorted(self.manager.all_steps(), reverse=True)
-    failures = []
+    failures, unreadable = [], []
     for step in steps:
       try:
-        return step, self._restore(step, abstract_state, data_iterator)
+        restored = self._restore(step, abstract_state, data_iterator)
       except Exception as e:  # noqa: BLE001 - any unreadable step: report it, try the one before
         path = checkpoint_dir(self.workdir) / str(step)
         reason = re.sub(r"\s+", " ", str(e))[:300]  # one line: Orbax's messages span several
         msg = f"checkpoint step {step} at {path} is unreadable ({type(e).__name__}: {reason})"
         log.warning("%s; trying the previous step", msg)
         failures.append(msg)
+        unreadable.append(step)
+        continue
+      self._set_aside(unreadable)
+      return step, restored
     if failures:
       raise CheckpointError("no readable checkpoint in " f"{checkpoint_dir(self.workdir)}: "
                             + "; ".join(failures))
     return None
 
+  def _set_aside(self, steps: list[int]) -> None:
+    """Moves the step directories `steps` (found unreadable, with an older step readable) to
+    <step>.damaged[-<n>] beside them, then makes Orbax re-read the directory. Process 0 moves;
+    every process waits for it before re-reading, so all agree on the steps that exist."""
+    if not steps:
+      return
+    directory = checkpoint_dir(self.workdir)
+    if jax.process_index() == 0:
+      for step in steps:
+        target = _damaged_name(directory, step)
+        (directory / str(step)).rename(target)
+        log.warning("moved the unreadable checkpoint step %d aside to %s (kept for inspection; "
+                    "delete it when done): this run saves step %d again", step, target, step)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+
+      multihost_utils.sync_global_devices(f"mebert.checkpoints.set_aside.{min(steps)}")
+    self.manager.reload()
+
   def _restore(self, step, abstract_state, data_iterator):
-    items = dict(
-        params=ocp.args.StandardRestore(abstract_state.params),
-        opt=ocp.args.StandardRestore({"step": abstract_state.step,
-                                      "opt_state": abstract_state.opt_state,
-                                      "nonfinite_in_row": abstract_state.nonfinite_in_row,
-                                      "nonfinite_total": abstract_state.nonfinite_total}))
-    if data_iterator is not None:
-      items["data"] = distributed.DataRestore(data_iterator)  # any process count
-    restored = self.manager.restore(step, args=ocp.args.Composite(**items))
-    opt = restored["opt"]
-    return abstract_state.replace(
-        step=opt["step"], params=restored["params"], opt_state=opt["opt_state"],
-        nonfinite_in_row=opt["nonfinite_in_row"], nonfinite_total=opt["nonfinite_total"])
+    return _restore_state(self.manager, step, abstract_state, data_iterator)
 
   def wait(self):
     """Blocks until the pending save is on disk; a failed write raises CheckpointError."""
@@ -191,6 +238,62 @@ class Checkpointer:
   def close(self):
     self.wait()
     self.manager.close()
+
+
+def _restore_state(manager, step, abstract_state, data_iterator):
+  """The train state of `step` restored into `abstract_state` (its shardings), and the data
+  iterator's position when one is given."""
+  items = dict(
+      params=ocp.args.StandardRestore(abstract_state.params),
+      opt=ocp.args.StandardRestore({"step": abstract_state.step,
+                                    "opt_state": abstract_state.opt_state,
+                                    "nonfinite_in_row": abstract_state.nonfinite_in_row,
+                                    "nonfinite_total": abstract_state.nonfinite_total}))
+  if data_iterator is not None:
+    items["data"] = distributed.DataRestore(data_iterator)  # any process count
+  restored = manager.restore(step, args=ocp.args.Composite(**items))
+  opt = restored["opt"]
+  return abstract_state.replace(
+      step=opt["step"], params=restored["params"], opt_state=opt["opt_state"],
+      nonfinite_in_row=opt["nonfinite_in_row"], nonfinite_total=opt["nonfinite_total"])
+
+
+def restore_train_state(workdir: str, abstract_state):
+  """(step, state): the whole train state (no data position) of another run's latest readable
+  checkpoint, onto `abstract_state`'s shardings (init.continue_from). Read-only: an unreadable
+  step is skipped with a warning, as in restore_params_and_step."""
+  directory = checkpoint_dir(workdir)
+  if not directory.exists():
+    raise CheckpointError(f"{workdir} is not a mebert workdir: no {directory}")
+  manager = _manager(workdir, async_save=False, read_only=True)
+  try:
+    failures = []
+    for step in sorted(manager.all_steps(), reverse=True):
+      try:
+        return step, _restore_state(manager, step, abstract_state, None)
+      except Exception as e:  # noqa: BLE001 - try the previous step, report all
+        reason = re.sub(r"\s+", " ", str(e))[:300]
+        failures.append(f"step {step} at {directory / str(step)}: {type(e).__name__}: {reason}")
+        log.warning("unreadable checkpoint %s", failures[-1])
+    raise CheckpointError(f"no readable train state in {directory}: "
+                          + ("; ".join(failures) or "no checkpoint steps"))
+  finally:
+    manager.close()
+
+
+DAMAGED_SUFFIX = ".damaged"
+
+
+def _damaged_name(directory: epath.Path, step: int) -> epath.Path:
+  """<step>.damaged, or <step>.damaged-<n> for the first n free: an earlier damaged copy of the
+  same step is kept too. Neither name is a step nor a temporary directory to Orbax (a '_<digits>'
+  ending would be a step name to its legacy parser, hence the hyphen)."""
+  target = directory / f"{step}{DAMAGED_SUFFIX}"
+  n = 1
+  while target.exists():
+    target = directory / f"{step}{DAMAGED_SUFFIX}-{n}"
+    n += 1
+  return target
 
 
 def save_params_checkpoint(workdir: str, params, config_dict: dict, step: int = 0) -> None:
@@ -224,7 +327,7 @@ def _local_target(step_dir: epath.Path):
 def saved_config(workdir: str) -> dict | None:
   """The resolved config saved with the latest checkpoint step, or None where it cannot be read
   (an imported or older workdir: the restore itself then checks shapes)."""
-  manager = _manager(workdir, async_save=False, create=False)
+  manager = _manager(workdir, async_save=False, read_only=True)
   try:
     step = manager.latest_step()
     if step is None:
@@ -239,13 +342,15 @@ def saved_config(workdir: str) -> dict | None:
 def restore_params_and_step(workdir: str, step: int | None = None, abstract_params=None):
   """(params, config_dict, step) from a workdir's checkpoint, latest readable by default.
 
+  Read-only: an unreadable step is skipped with a warning, not moved aside (an evaluator may run
+  beside the training run that owns the workdir, and must not change what that run sees).
   Without `abstract_params` arrays come back whole on this process's first device (from a checkpoint
   of any topology); pass an abstract tree with shardings to restore straight onto a mesh.
   """
   directory = checkpoint_dir(workdir)
   if not directory.exists():
     raise CheckpointError(f"{workdir} is not a mebert workdir: no {directory}")
-  manager = _manager(workdir, async_save=False, create=False)
+  manager = _manager(workdir, async_save=False, read_only=True)
   steps = sorted(manager.all_steps(), reverse=True)
   if not steps:
     raise CheckpointError(f"no checkpoint steps in {directory}")
