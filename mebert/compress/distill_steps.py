@@ -234,7 +234,8 @@ def train_step(state: TrainState, teacher_params, batch: dict, seed: jax.Array, 
       params=updated.params["student"],
       opt_state=tuple(updated.opt_state) + (ProjectionState(updated.params["projection"]),))
   metrics = dict(sums, **parts, loss=parts["distill_hard"], grad_norm=grad_norm,
-                 learning_rate=schedule(state.step), nonfinite_in_row=new_state.nonfinite_in_row,
+                 learning_rate=train_steps_lib.applied_learning_rate(schedule, state),
+                 nonfinite_in_row=new_state.nonfinite_in_row,
                  steps=jnp.ones((), jnp.float32))
   return new_state, metrics
 

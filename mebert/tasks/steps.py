@@ -73,7 +73,8 @@ def train_step(state: TrainState, batch: dict, seed: jax.Array, *, model: nn.Mod
   grad_norm = optax.global_norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   new_state = train_steps_lib.guarded_update(state, grads, tx, finite, grad_norm)
-  metrics = dict(sums, loss=loss, grad_norm=grad_norm, learning_rate=schedule(state.step),
+  metrics = dict(sums, loss=loss, grad_norm=grad_norm,
+                 learning_rate=train_steps_lib.applied_learning_rate(schedule, state),
                  nonfinite_in_row=new_state.nonfinite_in_row, steps=jnp.ones((), jnp.float32))
   return new_state, metrics
 

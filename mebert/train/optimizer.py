@@ -2,7 +2,16 @@
 
 BERT's recipe: AdamW (beta2 0.999, eps 1e-6, weight decay 0.01 except LayerNorm and biases),
 global-norm clipping at 1.0, linear warmup then linear decay. LAMB (You et al. 2019) for the large
-batches of pod-scale pretraining. Schedules: linear, cosine or polynomial decay after the warmup.
+batches of pod-scale pretraining, with LayerNorm and biases outside both its weight decay and its
+trust ratio. Schedules: linear, cosine or polynomial decay after the warmup, over
+`train.schedule_steps` (a run that is one phase of a longer one) or `train.num_steps`.
+
+The optimizer state is a tuple, stable across versions so checkpoints restore:
+  (clipping: EmptyState,                                  # absent when clip_grad_norm = 0
+   (ScaleByAdamState(count, mu, nu), MaskedState(EmptyState),  # Adam; weight decay (masked)
+    <AdamW: ScaleByScheduleState(count) | LAMB: MaskedState(EmptyState) (trust ratio),
+     ScaleByScheduleState(count)>))
+Only ScaleByAdamState and ScaleByScheduleState hold arrays; `schedule_count` reads the latter.
 """
 
 from __future__ import annotations
@@ -15,12 +24,26 @@ SCHEDULES = ("linear", "cosine", "polynomial", "constant")
 OPTIMIZERS = ("adamw", "lamb")
 
 
+def schedule_length(train_config) -> int:
+  """The steps the schedule spans: train.schedule_steps when set (this run is the first part of a
+  longer one, e.g. BERT's phase 1 of one schedule over both phases), else train.num_steps."""
+  steps = int(train_config.num_steps)
+  length = int(train_config.get("schedule_steps", 0) or 0)
+  if length == 0:
+    return steps
+  if length < steps:
+    raise ValueError(f"train.schedule_steps={length} must be 0 (= train.num_steps) or at least "
+                     f"train.num_steps={steps}")
+  return length
+
+
 def learning_rate_schedule(train_config) -> optax.Schedule:
   peak = float(train_config.learning_rate)
-  total = int(train_config.num_steps)
+  total = schedule_length(train_config)
   warmup = int(train_config.warmup_steps)
   if warmup < 0 or warmup > total:
-    raise ValueError(f"train.warmup_steps={warmup} must be in [0, train.num_steps={total}]")
+    raise ValueError(f"train.warmup_steps={warmup} must be in [0, {total}] (the schedule's "
+                     "length: train.schedule_steps or train.num_steps)")
   end = peak * float(train_config.get("end_learning_rate_ratio", 0.0))
   decay_steps = max(total - warmup, 1)
   kind = train_config.get("schedule", "linear")
@@ -70,6 +93,33 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformationExtraArg
   return optax.GradientTransformationExtraArgs(lambda params: optax.EmptyState(), update)
 
 
+def lamb(learning_rate, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-6,
+         weight_decay: float = 0.0, mask=decay_mask) -> optax.GradientTransformation:
+  """LAMB (You et al. 2019) with the parameters in `mask`'s False leaves (LayerNorm, biases)
+  excluded from both the weight decay and the layer-wise trust ratio: their update is Adam's
+  direction times the learning rate. optax.lamb masks only the decay; the trust ratio of a bias
+  (often zero, hence ratio 1) or a LayerNorm scale (norm sqrt(H)) is not what the recipe uses:
+  google-research/bert's and NVIDIA's LAMB (and tensorflow_addons' `exclude_from_layer_adaptation`,
+  which defaults to the decay exclusions) skip both for ["LayerNorm", "layer_norm", "bias"].
+
+  The same transformations as optax.lamb in the same order, so the state tree (and so a checkpoint)
+  is the same as optax.lamb(mask=...)'s apart from the trust ratio's empty MaskedState."""
+  return optax.chain(
+      optax.scale_by_adam(b1=b1, b2=b2, eps=eps),
+      optax.add_decayed_weights(weight_decay, mask),
+      optax.masked(optax.scale_by_trust_ratio(), mask),
+      optax.scale_by_learning_rate(learning_rate))
+
+
+def schedule_count(opt_state, default=None):
+  """The step at which the optimizer evaluates its learning-rate schedule in its next update:
+  optax's ScaleByScheduleState.count. A skipped (non-finite) step leaves the optimizer state, and
+  so this count, as it was, while TrainState.step counts every step; `default` where the state
+  holds no schedule."""
+  found = optax.tree_utils.tree_get_all_with_path(opt_state, "ScaleByScheduleState")
+  return found[0][1].count if found else default
+
+
 def make_optimizer(train_config) -> optax.GradientTransformation:
   schedule = learning_rate_schedule(train_config)
   kind = train_config.get("optimizer", "adamw")
@@ -78,7 +128,7 @@ def make_optimizer(train_config) -> optax.GradientTransformation:
   if kind == "adamw":
     opt = optax.adamw(schedule, **common)
   elif kind == "lamb":
-    opt = optax.lamb(schedule, **common)
+    opt = lamb(schedule, **common)
   else:
     raise ValueError(f"train.optimizer={kind!r} is not one of {OPTIMIZERS}")
   clip = float(train_config.get("clip_grad_norm", 1.0))
