@@ -12,7 +12,8 @@ from mebert.model.pretraining import BertForPreTraining
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 # Config files with the arguments they accept (None = the default).
-ARGS = {"pretrain/bert_base.py": [None, "phase2"], "pretrain/bert_large.py": [None, "phase2", "lamb"],
+ARGS = {"pretrain/bert_base.py": [None, "phase2"],
+        "pretrain/bert_large.py": [None, "phase2", "lamb", "lamb_phase2"],
         "experiments/encodings.py": [None, "sinusoidal", "relative", "rotary", "alibi", "none",
                                      "concat", "preln_geglu"]}
 

@@ -1,17 +1,36 @@
-"""BERT-base pretraining with the published recipe (Devlin et al. 2019, appendix A.2).
+"""BERT-base pretraining with the published recipe: Devlin et al. 2019 (arXiv:1810.04805v2),
+appendix A.2, as google-research/bert released it in October 2018.
 
-Phase 1: 90% of 1M steps at 128 tokens (20 predictions each); phase 2: the last 10% at 512 tokens
-(80 predictions), started from phase 1's weights. Batch 256 sequences, Adam lr 1e-4, beta2 0.999,
-weight decay 0.01, 10k warmup steps, linear decay. On a TPU VM (see launch/tpu_vm.sh):
+One run of 1,000,000 steps of 256 sequences: Adam, lr 1e-4, beta1 0.9, beta2 0.999, L2 weight
+decay 0.01 (not on LayerNorm or biases), 10,000 warmup steps then linear decay to 0 at step 1M,
+dropout 0.1, masked LM (15% of tokens, 80/10/10) plus next-sentence prediction. "To speed up
+pretraining, we pre-train the model with sequence length of 128 for 90% of the steps. Then, we
+train the rest 10% of the steps of sequence of 512 to learn the positional embeddings": one
+optimizer and one learning-rate schedule across both lengths. Here that is two runs of one
+schedule, each in its own workdir:
+
+  :phase1  steps 0-900k at 128 tokens (20 predictions each), the schedule spanning 1M steps
+           (train.schedule_steps), so it ends at 10% of the peak rate, not at 0;
+  :phase2  steps 900k-1M at 512 tokens (80 predictions), continuing phase 1's parameters, Adam
+           moments and step (init.continue_from, required) on a fresh 512-token data stream.
+
+Masking is by WordPiece token, as in the 2018 recipe and its released models; whole-word masking
+(google-research/bert's May 2019 models) is a choice: --config.data.whole_word_masking=True.
+On a TPU VM (see launch/tpu_vm.sh), both phases with the same vocabulary:
 
   python -m mebert.train --config=configs/pretrain/bert_base.py:phase1 --workdir=gs://BUCKET/base-p1 \
       --config.data.corpus=tfds:wikipedia/20230601.en --config.data.vocab=PATH/vocab.txt
   python -m mebert.train --config=configs/pretrain/bert_base.py:phase2 --workdir=gs://BUCKET/base-p2 \
-      --config.init.checkpoint=gs://BUCKET/base-p1 ...
+      --config.init.continue_from=gs://BUCKET/base-p1 \
+      --config.data.corpus=tfds:wikipedia/20230601.en --config.data.vocab=PATH/vocab.txt
 """
+
+from ml_collections import config_dict
 
 from mebert.model.config import bert_size
 from mebert.train.defaults import model_defaults, pretrain_defaults
+
+TOTAL_STEPS, PHASE1_STEPS = 1_000_000, 900_000
 
 
 def recipe(size: str, arg: str | None):
@@ -21,15 +40,17 @@ def recipe(size: str, arg: str | None):
   c = pretrain_defaults()
   c.model = model_defaults(**bert_size(size), vocab_size=30522)
   c.data.vocab_size = 30522
-  c.data.whole_word_masking = True
+  c.data.whole_word_masking = False  # the 2018 recipe masks WordPiece tokens
   c.train.batch_size = 256
   c.train.learning_rate = 1e-4
+  c.train.warmup_steps = 10_000
   if phase == "phase1":
     c.data.seq_len, c.data.max_predictions_per_seq = 128, 20
-    c.train.num_steps, c.train.warmup_steps = 900_000, 10_000
+    c.train.num_steps, c.train.schedule_steps = PHASE1_STEPS, TOTAL_STEPS
   else:
     c.data.seq_len, c.data.max_predictions_per_seq = 512, 80
-    c.train.num_steps, c.train.warmup_steps = 100_000, 1_000
+    c.train.num_steps = TOTAL_STEPS
+    c.init.continue_from = config_dict.placeholder(str)  # phase 1's workdir
   c.checkpoint.every_steps = 5_000
   c.eval.every_steps = 5_000
   return c

@@ -83,7 +83,8 @@ def _manager(workdir: str, *, keep: int = 2, best_metric: str | None = None,
              read_only: bool = False) -> ocp.CheckpointManager:
   """read_only: for consumers of another run's workdir (eval, predict, init from it), which must
   change nothing there: no directory created, and no "unfinished" step directory removed (it may
-  be a save that the run owning the workdir is writing right now)."""
+  be a save that the run owning the workdir is writing right now). Not Orbax's own read_only
+  option, which says so in two warnings each time: these managers never save anyway."""
   policies = [pp.LatestN(keep)]
   if best_metric:
     # Never the latest-deleting best_fn + max_to_keep: LatestN keeps the resume point, BestN the
@@ -93,8 +94,7 @@ def _manager(workdir: str, *, keep: int = 2, best_metric: str | None = None,
                              n=1, keep_checkpoints_without_metrics=False))
   options = ocp.CheckpointManagerOptions(
       preservation_policy=pp.AnyPreservationPolicy(policies), create=not read_only,
-      read_only=read_only, enable_async_checkpointing=async_save,
-      cleanup_tmp_directories=not read_only)
+      enable_async_checkpointing=async_save, cleanup_tmp_directories=not read_only)
   return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
 
 

@@ -34,6 +34,9 @@ def pretrain_defaults() -> config_dict.ConfigDict:
   c.train.optimizer = "adamw"  # or "lamb" for very large batches
   c.train.learning_rate = 1e-4
   c.train.warmup_steps = 10_000
+  # The steps the learning-rate schedule spans; 0 = train.num_steps. Longer when this run is the
+  # first phase of one schedule over several (BERT's phase 1: 900k steps of a 1M-step schedule).
+  c.train.schedule_steps = 0
   c.train.schedule = "linear"  # linear | cosine | polynomial | constant decay after warmup
   c.train.end_learning_rate_ratio = 0.0
   c.train.decay_power = 1.0  # polynomial schedule only
@@ -53,6 +56,9 @@ def pretrain_defaults() -> config_dict.ConfigDict:
   c.checkpoint.every_steps = 1000
   c.checkpoint.keep = 2  # latest N; the best by eval metric is kept besides
   c.checkpoint.best_metric = "mlm_accuracy"  # "" = no best checkpoint
+  # Whether the best is the highest or the lowest value: max | min | auto (by the metric's name:
+  # loss, *_loss, mse, perplexity, *_error -> min; otherwise max).
+  c.checkpoint.best_mode = "auto"
   c.checkpoint.async_save = True
 
   c.eval = config_dict.ConfigDict()
@@ -70,4 +76,8 @@ def pretrain_defaults() -> config_dict.ConfigDict:
   c.init.hf = ""  # a Hugging Face BERT folder to start from (its architecture and tokenizer)
   c.init.hf_parity = False  # check the import against transformers first (needs torch)
   c.init.checkpoint = ""  # a mebert workdir whose (latest) params to start from
+  # A mebert workdir whose whole train state (params, optimizer state, step) to continue, on a
+  # fresh data stream: the next phase of one run (BERT's phase 2 at 512 tokens). None = required.
+  c.init.continue_from = ""
+  c.init.restart_schedule = False  # continue_from: step and optimizer counts from 0, moments kept
   return c

@@ -111,7 +111,8 @@ def accumulated_grads(grads_and_sums: Callable, batch: dict, rng: jax.Array,
   def accumulate(carry, inputs):
     index, micro_batch = inputs
     micro_batch = jax.tree.map(lambda x: _constrain_rows(x, row_axis=0), micro_batch)
-    return jax.tree.map(jnp.add, carry, grads_and_sums(micro_batch, jax.random.fold_in(rng, index))), None
+    step = grads_and_sums(micro_batch, jax.random.fold_in(rng, index))
+    return jax.tree.map(jnp.add, carry, step), None
 
   shapes = jax.eval_shape(lambda: grads_and_sums(jax.tree.map(lambda x: x[0], micro), rng))
   zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)

@@ -229,6 +229,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   train_iter = exp.data_iterator("train")  # a bad data file fails before orbax starts its threads
   ckpt = checkpoints.Checkpointer(workdir, keep=int(config.checkpoint.keep),
                                   best_metric=config.checkpoint.best_metric or None,
+                                  best_mode=str(config.checkpoint.best_mode),
                                   async_save=bool(config.checkpoint.async_save))
   try:
     if ckpt.all_steps():
@@ -238,8 +239,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
       start_step, state = restored
       log.info("resumed from checkpoint step %d in %s", start_step, workdir)
     else:
-      start_step, state = 0, exp.init_state()
-      state = init_from.maybe_initialize(state, config, exp)
+      state = init_from.maybe_initialize(exp.init_state(), config, exp)
+      start_step = int(jax.device_get(state.step))  # init.continue_from: the earlier run's step
   except BaseException:
     # Close before the error reaches the exit: orbax's background cleanup must not outlive the
     # interpreter, or its own traceback, not ours, becomes the last line printed.

@@ -182,7 +182,8 @@ def test_bert_large_lamb_recipe_compiles_accumulation_without_gathers(tmp_path, 
   from mebert.train import compile_report
   from tiny_run import REPO
 
-  spec = importlib.util.spec_from_file_location("bert_large", REPO / "configs/pretrain/bert_large.py")
+  spec = importlib.util.spec_from_file_location("bert_large",
+                                                REPO / "configs/pretrain/bert_large.py")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   c = module.get_config("lamb")

@@ -58,11 +58,11 @@ def test_resumed_run_resaves_a_damaged_latest_step_and_eval_reads_it(six_steps, 
 
 
 def test_a_second_damaged_copy_of_a_step_gets_its_own_name(tmp_path):
-  directory = tmp_path / "checkpoints"
+  directory = checkpoints.checkpoint_dir(str(tmp_path))
   for name in ("6", "6.damaged", "6.damaged-1"):
     (directory / name).mkdir(parents=True)
-  assert checkpoints._damaged_name(checkpoints.checkpoint_dir(str(tmp_path)), 6).name == "6.damaged-2"
-  assert checkpoints._damaged_name(checkpoints.checkpoint_dir(str(tmp_path)), 3).name == "3.damaged"
+  assert checkpoints._damaged_name(directory, 6).name == "6.damaged-2"
+  assert checkpoints._damaged_name(directory, 3).name == "3.damaged"
 
 
 def test_eval_skips_a_damaged_step_without_moving_it(six_steps, tmp_path):
