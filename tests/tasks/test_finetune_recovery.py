@@ -2,10 +2,13 @@
 moves the unreadable step aside, and its forced save of that step number succeeds (it raised
 Orbax's StepAlreadyExistsError)."""
 
+import pytest
+
 from mebert.tasks import finetune
 from mebert.train import checkpoints
 
 
+@pytest.mark.slow
 def test_finetuning_resaves_a_damaged_latest_step(tiny_config, vocab_file, sentences, tmp_path):
   texts = sentences(96, seed=5)
   path = tmp_path / "train.tsv"

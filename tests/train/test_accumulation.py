@@ -142,6 +142,7 @@ def _packed_task_batch(rows, length=16, segments=3, seed=0):
           "weights": weights, "labels": rng.integers(0, 3, size=(rows, segments)).astype(np.int32)}
 
 
+@pytest.mark.slow
 def test_finetuning_packed_accumulation_equals_whole_batch_without_gathers(monkeypatch):
   """Fine-tuning's step on packed rows (cls_positions, weights, labels per row) under 8-way data
   parallelism: the same update with 4 micro-batches, 8 rows per device each, no all-gather."""
@@ -174,6 +175,7 @@ def test_finetuning_packed_accumulation_equals_whole_batch_without_gathers(monke
   assert _all_gathers(hlo) == []
 
 
+@pytest.mark.slow
 def test_bert_large_lamb_recipe_compiles_accumulation_without_gathers(tmp_path, monkeypatch):
   """configs/pretrain/bert_large.py:lamb (shrunk to a tiny model and batch) with accumulation,
   compiled through the trainer's own jitted step as --mode=compile does."""
