@@ -208,20 +208,33 @@ class Checkpointer:
   def _set_aside(self, steps: list[int]) -> None:
     """Moves the step directories `steps` (found unreadable, with an older step readable) to
     <step>.damaged[-<n>] beside them, then makes Orbax re-read the directory. Process 0 moves;
-    every process waits for it before re-reading, so all agree on the steps that exist."""
+    every process learns whether it could before re-reading, so all agree on the steps that
+    exist (or all stop with the reason)."""
     if not steps:
       return
     directory = checkpoint_dir(self.workdir)
+    error = None
     if jax.process_index() == 0:
       for step in steps:
         target = _damaged_name(directory, step)
-        (directory / str(step)).rename(target)
+        try:
+          (directory / str(step)).rename(target)
+        except OSError as e:
+          error = CheckpointError(
+              f"checkpoint step {step} at {directory / str(step)} is unreadable and could not be "
+              f"moved aside to {target} ({_write_failure(e)}): move or delete it, then resume")
+          break
         log.warning("moved the unreadable checkpoint step %d aside to %s (kept for inspection; "
                     "delete it when done): this run saves step %d again", step, target, step)
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
 
-      multihost_utils.sync_global_devices(f"mebert.checkpoints.set_aside.{min(steps)}")
+      failed = multihost_utils.process_allgather(np.array([error is not None], np.int32))
+      if np.asarray(failed).any() and error is None:
+        error = CheckpointError(f"process 0 could not move the unreadable checkpoint step(s) "
+                                f"{steps} in {directory} aside (see its log)")
+    if error is not None:
+      raise error
     self.manager.reload()
 
   def _restore(self, step, abstract_state, data_iterator):

@@ -122,3 +122,22 @@ def test_damaged_names_are_neither_steps_nor_unfinished_saves_to_orbax(tmp_path)
   manager.close()
   assert sorted(p.name for p in directory.iterdir()) == ["5", "5.damaged", "5.damaged-1",
                                                         "5.damaged-12"]
+
+
+def test_a_damaged_step_that_cannot_be_moved_stops_with_the_reason(six_steps, tmp_path,
+                                                                   monkeypatch):
+  workdir = tmp_path / "w"
+  shutil.copytree(six_steps, workdir)
+  _delete_arrays(workdir / "checkpoints" / "6")
+  path_type = type(checkpoints.checkpoint_dir(str(workdir)))
+
+  def refuse(self, target):
+    raise PermissionError(13, "Permission denied", str(self))
+
+  monkeypatch.setattr(path_type, "rename", refuse)
+  with pytest.raises(checkpoints.CheckpointError) as error:
+    trainer.train_and_evaluate(CONFIG, str(workdir))
+  message = str(error.value)
+  assert "step 6" in message and "6.damaged" in message and "Permission denied" in message
+  assert "\n" not in message
+  assert _step_dirs(workdir) == ["3", "6"]  # nothing lost, nothing half-moved
