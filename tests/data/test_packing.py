@@ -178,3 +178,13 @@ def test_single_segment_mode_has_no_sentence_label(packed_config, spm_tok):
   batch = next(it)
   assert (batch["next_sentence_labels"] == -1).all()  # no NSP loss on a task that is not there
   assert (batch["token_type_ids"] == 0).all()
+
+
+def test_padding_report_measures_both_layouts(packed_config, spm_tok):
+  from mebert.data import padding_report
+
+  r = padding_report.padding_fractions(packed_config, spm_tok, 32, 256)
+  assert r["max_predictions_per_seq"] == 5  # 10 at 64 -> 5 at 32
+  assert r["unpacked_examples"] == r["unpacked_rows"] >= 256 and r["packed_examples"] >= 256
+  assert 0 <= r["packed_padding"] < r["unpacked_padding"] < 1
+  assert r["examples_per_packed_row"] > 1 and 0 < r["rows_saved"] < 1
