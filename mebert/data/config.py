@@ -34,7 +34,7 @@ def default_data_config() -> config_dict.ConfigDict:
   # by default: every attention backend (xla, dot_product, cudnn, splash) masks by segment ids.
   # Eval rows are never packed (its metrics are per prediction; see pipeline.py).
   c.pack = True
-  c.pack_max_examples = 4  # examples ([CLS] slots, NSP labels) per row
+  c.pack_max_examples = 0  # examples ([CLS] slots, NSP labels) per row; 0 = max(4, seq_len // 64)
   c.pack_max_predictions = 0  # masked-LM slots per row; 0 = enough that they never limit packing
   c.pack_bins = 64  # rows filled at once by the first-fit packer (more: fuller rows)
   c.pack_streams = 8  # independent packed streams; the process count must divide it (see packing.py)

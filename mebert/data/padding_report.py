@@ -68,14 +68,15 @@ def main(argv):
   if not _JSON.value:
     print(f"corpus: {config.data.corpus}  (one_doc_per_file={config.data.one_doc_per_file}, "
           f"short_seq_prob={config.data.short_seq_prob}, vocabulary {tokenizer.vocab_size})")
-    print(f"{'seq_len':>7} {'unpacked pad':>12} {'packed pad':>10} {'ex/row':>6} {'rows saved':>10}")
+    print(f"{'seq_len':>7} {'unpacked pad':>12} {'packed pad':>10} {'slots':>5} {'ex/row':>6} "
+          f"{'rows saved':>10}")
   for seq_len in (int(s) for s in _SEQ_LENS.value):
     r = padding_fractions(config.data, tokenizer, seq_len, _EXAMPLES.value, int(config.seed))
     if _JSON.value:
       print(json.dumps(r, sort_keys=True))
     else:
       print(f"{seq_len:>7} {r['unpacked_padding']:>12.1%} {r['packed_padding']:>10.1%} "
-            f"{r['examples_per_packed_row']:>6.2f} {r['rows_saved']:>10.1%}")
+            f"{r['pack_max_examples']:>5} {r['examples_per_packed_row']:>6.2f} {r['rows_saved']:>10.1%}")
 
 
 if __name__ == "__main__":

@@ -148,7 +148,7 @@ def test_eval_is_never_packed(packed_config, spm_tok):
 
 @pytest.mark.parametrize("key, value, message", [
     ("pack_streams", 3, "pack_streams=3 is not a multiple of the 2 processes"),
-    ("pack_max_examples", 0, "pack_max_examples must be >= 1, not 0"),
+    ("pack_max_examples", -1, "pack_max_examples must be >= 1 .0 = automatic., not -1"),
     ("pack_max_predictions", 5, "pack_max_predictions=5 is below data.max_predictions_per_seq=10"),
     ("pack_bins", 0, "pack_bins must be >= 1, not 0"),
 ])
@@ -157,6 +157,10 @@ def test_bad_packing_keys_are_named(packed_config, spm_tok, key, value, message)
   with pytest.raises(ValueError, match=message):
     pipeline.make_pretraining_iterator(packed_config, spm_tok, split="train", batch_size=B, seed=0,
                                        process_index=0, process_count=2)
+
+
+def test_automatic_slots_grow_with_the_length():
+  assert [packing.automatic_max_examples(n) for n in (32, 128, 512, 1024)] == [4, 4, 8, 16]
 
 
 def test_automatic_prediction_budget_never_blocks_an_example():
