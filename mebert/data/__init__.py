@@ -7,5 +7,7 @@
   tokenizer.py       sentencepiece / WordPiece tokenizers, training, ensure_tokenizer
   docstore.py        tokenized documents and the static index of example starts
   instances.py       one example as a pure function of (seed, epoch, index): NSP/SOP, masking
-  pipeline.py        grain wiring: sharding, shuffling, epochs, batching, checkpointable iterators
+  packing.py         several examples per training row (data.pack), in process-count-free streams
+  pipeline.py        grain wiring: sharding, shuffling, epochs, packing, batching, checkpoints
+  padding_report.py  CLI: the padding of unpacked and packed rows on a corpus, per length
 """

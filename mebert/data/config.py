@@ -29,6 +29,15 @@ def default_data_config() -> config_dict.ConfigDict:
   c.short_seq_prob = 0.1
   c.whole_word_masking = False
   c.next_sentence = "nsp"  # "nsp" (BERT), "sop" (ALBERT sentence order), "none" (one segment)
+  # Packing (mebert/data/packing.py): several whole examples per training row, each with its own
+  # [CLS], NSP/SOP label, positions and masked positions, attention kept within each example. On
+  # by default: every attention backend (xla, dot_product, cudnn, splash) masks by segment ids.
+  # Eval rows are never packed (its metrics are per prediction; see pipeline.py).
+  c.pack = True
+  c.pack_max_examples = 0  # examples ([CLS] slots, NSP labels) per row; 0 = max(4, seq_len // 64)
+  c.pack_max_predictions = 0  # masked-LM slots per row; 0 = enough that they never limit packing
+  c.pack_bins = 64  # rows filled at once by the first-fit packer (more: fuller rows)
+  c.pack_streams = 8  # independent packed streams; the process count must divide it (see packing.py)
   # Loading.
   c.num_workers = 0  # grain worker processes (0 = in-process); 1-2 on a 2-core machine
   c.read_threads = 2  # grain in-process read threads (per worker)

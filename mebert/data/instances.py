@@ -133,14 +133,15 @@ class ExampleMaker:
     return self.store.num_examples
 
   def _pair(self, rng: np.random.Generator, d: int, sents: Sequence[np.ndarray], start: int):
-    """(tokens_a, tokens_b, label) before truncation; label 1 = random next / swapped."""
+    """(tokens_a, tokens_b, label) before truncation; label 1 = random next / swapped, -1 = no
+    sentence task (next_sentence="none": the loss and metrics skip it, as they skip empty slots)."""
     o = self.options
     target = o.max_num_tokens
     if rng.random() < o.short_seq_prob:
       target = int(rng.integers(2, o.max_num_tokens + 1))
     chunk = _gather(sents, start, target)
     if o.next_sentence == "none":
-      return _concat(chunk), np.zeros(0, np.int32), 0
+      return _concat(chunk), np.zeros(0, np.int32), -1
     if len(chunk) == 1 and len(chunk[0]) >= 2:  # see module docstring
       cut = int(rng.integers(1, len(chunk[0])))
       chunk = [chunk[0][:cut], chunk[0][cut:]]
@@ -160,7 +161,10 @@ class ExampleMaker:
       return a, b, 0
     return a, _concat(_gather(osents, int(rng.integers(len(osents))), target - len(a))), 1
 
-  def __call__(self, epoch: int, index: int) -> dict[str, np.ndarray]:
+  def compact(self, epoch: int, index: int) -> dict[str, np.ndarray]:
+    """Example `index` of `epoch` unpadded: input_ids, token_type_ids [n]; masked_lm_positions,
+    masked_lm_ids [p] (positions within the example); next_sentence_labels, example_ids [1].
+    The packer (packing.py) lays several of these into one row; __call__ pads one alone."""
     o = self.options
     rng = np.random.default_rng([self.seed, int(epoch), int(index)])
     d, sents, start = self.store.locate(int(index), rng)
@@ -174,7 +178,18 @@ class ExampleMaker:
     ids_m, pos, labels = mask_tokens(ids, special, rng, masked_lm_prob=o.masked_lm_prob,
                                      max_predictions=o.max_predictions_per_seq, mask_id=self.mask_id,
                                      replacement_ids=self.replacement_ids, word_start=self.word_start)
-    L, P = o.seq_len, o.max_predictions_per_seq
+    types = np.zeros(n, np.int32)
+    types[len(a) + 2:] = 1  # B and its [SEP]; empty range in "none" mode
+    return {"input_ids": ids_m, "token_type_ids": types,
+            "masked_lm_positions": pos.astype(np.int32), "masked_lm_ids": labels.astype(np.int32),
+            "next_sentence_labels": np.array([label], np.int32),
+            "example_ids": np.array([np.int64(epoch) * np.int64(len(self)) + np.int64(index)])}
+
+  def __call__(self, epoch: int, index: int) -> dict[str, np.ndarray]:
+    """The example alone in a row of seq_len tokens and max_predictions_per_seq predictions."""
+    ex = self.compact(epoch, index)
+    n, p = len(ex["input_ids"]), len(ex["masked_lm_positions"])
+    L, P = self.options.seq_len, self.options.max_predictions_per_seq
     out = {
         "input_ids": np.full(L, self.pad_id, np.int32),
         "token_type_ids": np.zeros(L, np.int32),
@@ -183,13 +198,13 @@ class ExampleMaker:
         "masked_lm_positions": np.zeros(P, np.int32),
         "masked_lm_ids": np.zeros(P, np.int32),
         "masked_lm_weights": np.zeros(P, np.float32),
-        "next_sentence_labels": np.int32(label),
-        "example_ids": np.int64(epoch) * np.int64(len(self)) + np.int64(index),
+        "next_sentence_labels": ex["next_sentence_labels"][0],
+        "example_ids": ex["example_ids"][0],
     }
-    out["input_ids"][:n] = ids_m
-    out["token_type_ids"][len(a) + 2:n] = 1  # B and its [SEP]; empty range in "none" mode
+    out["input_ids"][:n] = ex["input_ids"]
+    out["token_type_ids"][:n] = ex["token_type_ids"]
     out["segment_ids"][:n] = 1
-    out["masked_lm_positions"][:len(pos)] = pos
-    out["masked_lm_ids"][:len(pos)] = labels
-    out["masked_lm_weights"][:len(pos)] = 1.0
+    out["masked_lm_positions"][:p] = ex["masked_lm_positions"]
+    out["masked_lm_ids"][:p] = ex["masked_lm_ids"]
+    out["masked_lm_weights"][:p] = 1.0
     return out

@@ -74,7 +74,10 @@ class MaskedLMHead(nn.Module):
 
 
 class BertForPreTraining(nn.Module):
-  """Returns {"mlm_logits": [B, P, V] (or [B, L, V] without positions), "nsp_logits": [B, 2]}."""
+  """Returns {"mlm_logits": [B, P, V] (or [B, L, V] without positions), "nsp_logits": [B, 2]}.
+
+  Packed rows (mebert.data.packing) pass cls_positions [B, S], the row position of each example's
+  [CLS]: the pooler and NSP head then run at each of them, and nsp_logits is [B, S, 2]."""
 
   config: ModelConfig
   deterministic: bool = True

@@ -17,6 +17,7 @@ import logging
 import jax
 import numpy as np
 
+from mebert.data import pipeline
 from mebert.parallel import mesh as mesh_lib
 from mebert.train import trainer
 
@@ -38,16 +39,10 @@ def experiment(config, workdir: str) -> trainer.Experiment:
 
 
 def _abstract_batch(exp) -> dict:
-  data = exp.config.data
-  rows, length, preds = exp.batch_size, int(data.seq_len), int(data.max_predictions_per_seq)
-  spec = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=exp.batch_sharding)
-  batch = {k: spec((rows, length), np.int32) for k in ("input_ids", "token_type_ids",
-                                                       "segment_ids", "positions")}
-  batch.update(masked_lm_positions=spec((rows, preds), np.int32),
-               masked_lm_ids=spec((rows, preds), np.int32),
-               masked_lm_weights=spec((rows, preds), np.float32),
-               next_sentence_labels=spec((rows,), np.int32))
-  return batch
+  """The train step's batch as the pipeline lays it out (packed rows when data.pack is on)."""
+  layout = pipeline.batch_layout(exp.config.data, "train", exp.batch_size)
+  return {k: jax.ShapeDtypeStruct(shape, dtype, sharding=exp.batch_sharding)
+          for k, (shape, dtype) in layout.items() if k != "example_ids"}
 
 
 def sharded_bytes(abstract_tree, shardings) -> tuple[int, int]:

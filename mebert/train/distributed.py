@@ -12,6 +12,8 @@ i+2n, ... of one global example stream, and a grain iterator's state is the coun
 has consumed, {"next_index": k}, the same k on every process since all take the same number of
 batches of the same size. So k*n global elements are consumed, and a run on n' processes resumes
 each at k*n/n': together they continue at global element k*n, no example repeated or skipped.
+Packed rows (data.pack) work the same way with rows for elements; their state also holds each
+packed stream's own state, and the states of all processes merge into one (data/packing.py).
 `DataSave`/`DataRestore` write grain's own files (process_<i>-of-<n>.json) and, on restore,
 rescale when the checkpoint was written by another process count.
 
@@ -35,6 +37,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from grain.checkpoint import CheckpointHandler as _GrainHandler
 
+from mebert.data import packing
 from mebert.parallel.prefetch import DevicePrefetcher
 
 log = logging.getLogger(__name__)
@@ -92,6 +95,8 @@ def rescaled_state(states: dict[int, dict], process_count: int) -> dict:
   if sorted(states) != list(range(old_count)):
     raise ValueError(f"data states of processes {sorted(states)} are not a complete set")
   first = states[0]
+  if packing.is_packed_state(first):  # data.pack: every stream's state, merged
+    return packing.merged_state(states, process_count)
   if not isinstance(first, dict) or set(first) != {"next_index"}:
     raise ValueError(f"cannot rescale data-iterator state {str(first)[:200]} to {process_count} "
                      "processes: only the plain pipeline's {'next_index': k} is supported "
@@ -187,7 +192,7 @@ class ExampleIdRecorder:
   def __call__(self, step: int, batch: dict) -> None:
     if self.path is None:
       return
-    ids = np.asarray(batch["example_ids"]).tolist()
+    ids = [i for i in np.asarray(batch["example_ids"]).ravel().tolist() if i >= 0]  # -1: empty slot
     with self.path.open("a") as f:
       f.write(json.dumps({"step": int(step), "ids": ids}) + "\n")
 

@@ -42,8 +42,10 @@ def init_train_state(rng, model: nn.Module, tx: optax.GradientTransformation,
 
 def pretraining_sums(params, batch, model: nn.Module, rng, mlm_total, nsp_total):
   """(loss, sums): loss is this micro-batch's share of the whole-batch mean loss."""
+  # Packed rows carry cls_positions [B, S] and next_sentence_labels [B, S] (-1 = empty slot).
   out = model.apply({"params": params}, **{k: batch[k] for k in MODEL_INPUTS},
-                    masked_lm_positions=batch["masked_lm_positions"], rngs={"dropout": rng})
+                    masked_lm_positions=batch["masked_lm_positions"],
+                    cls_positions=batch.get("cls_positions"), rngs={"dropout": rng})
   mlm_logits = out["mlm_logits"]  # [B, P, V] float32
   weights = batch["masked_lm_weights"].astype(jnp.float32)
   log_probs = jax.nn.log_softmax(mlm_logits, axis=-1)

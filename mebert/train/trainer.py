@@ -161,11 +161,12 @@ def _example_batch(data_config) -> dict:
 
 _MODEL_BATCH_KEYS = steps.MODEL_INPUTS + ("masked_lm_positions", "masked_lm_ids",
                                           "masked_lm_weights", "next_sentence_labels")
+_PACKED_BATCH_KEYS = ("cls_positions",)  # only in packed rows (data.pack)
 
 
 def _model_batch(batch: dict) -> dict:
   """The arrays the step reads (bookkeeping such as example_ids stays on the host)."""
-  return {k: batch[k] for k in _MODEL_BATCH_KEYS}
+  return {k: batch[k] for k in _MODEL_BATCH_KEYS + _PACKED_BATCH_KEYS if k in batch}
 
 
 # One dispatch per step for all the metric sums (jnp.add over the tree would be one per metric).

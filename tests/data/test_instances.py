@@ -138,7 +138,7 @@ def test_single_segment_mode(wiki_config, spm_tok):
   maker = pipeline.make_example_maker(wiki_config, spm_tok, split="train", seed=5)
   for ex in _examples(maker, 50):
     _check_layout(ex, spm_tok, 128, pairs=False)
-    assert ex["next_sentence_labels"] == 0
+    assert ex["next_sentence_labels"] == -1  # no sentence task: no NSP loss, no NSP metric
 
 
 def test_examples_are_pure_functions_of_seed_epoch_index(data_config, spm_tok):

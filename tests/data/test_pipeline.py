@@ -1,4 +1,7 @@
-"""The grain stream: batch layout, exact resume, process sharding, epochs, the eval pass."""
+"""The grain stream: batch layout, exact resume, process sharding, epochs, the eval pass.
+
+Unpacked rows here (data.pack=False); the resume tests run packed too. Packed rows' own layout,
+invariants and process sharding: test_packing.py."""
 
 import grain
 import numpy as np
@@ -21,13 +24,23 @@ def _take(it, n):
 
 
 def _same(xs, ys):
-  return len(xs) == len(ys) and all(np.array_equal(x[k], y[k]) for x, y in zip(xs, ys) for k in KEYS)
+  return len(xs) == len(ys) and all(
+      x.keys() == y.keys() and all(np.array_equal(x[k], y[k]) for k in x) for x, y in zip(xs, ys))
+
+
+@pytest.fixture(autouse=True)
+def unpacked(data_config):
+  data_config.pack = False
+  return data_config
 
 
 @pytest.fixture
 def small_config(data_config, small_file):
   data_config.corpus = str(small_file)
   return data_config
+
+
+resume_packed = pytest.mark.parametrize("pack", [False, True], ids=["unpacked", "packed"])
 
 
 def test_batch_layout(data_config, spm_tok):
@@ -38,7 +51,9 @@ def test_batch_layout(data_config, spm_tok):
   assert (batch["input_ids"][:, 0] == spm_tok.cls_id).all()
 
 
-def test_state_restore_resumes_exactly(data_config, spm_tok):
+@resume_packed
+def test_state_restore_resumes_exactly(data_config, spm_tok, pack):
+  data_config.pack = pack
   it = pipeline.make_pretraining_iterator(data_config, spm_tok, split="train", batch_size=B, seed=0)
   _take(it, 3)
   state = it.get_state()
@@ -48,7 +63,9 @@ def test_state_restore_resumes_exactly(data_config, spm_tok):
   assert _same(_take(fresh, 4), expected)
 
 
-def test_orbax_checkpoint_of_the_iterator(data_config, spm_tok, tmp_path):
+@resume_packed
+def test_orbax_checkpoint_of_the_iterator(data_config, spm_tok, tmp_path, pack):
+  data_config.pack = pack
   it = pipeline.make_pretraining_iterator(data_config, spm_tok, split="train", batch_size=B, seed=0)
   _take(it, 2)
   options = ocp.CheckpointManagerOptions(enable_async_checkpointing=False)
@@ -110,7 +127,9 @@ def test_eval_smaller_than_a_batch_is_a_clear_error(small_config, spm_tok):
     pipeline.make_pretraining_iterator(small_config, spm_tok, split="eval", batch_size=100_000, seed=0)
 
 
-def test_worker_processes_give_the_same_stream_and_resume(small_config, spm_tok):
+@resume_packed
+def test_worker_processes_give_the_same_stream_and_resume(small_config, spm_tok, pack):
+  small_config.pack = pack
   inproc = pipeline.make_pretraining_iterator(small_config, spm_tok, split="train", batch_size=B, seed=0)
   expected = _take(inproc, 4)
   small_config.num_workers = 1

@@ -61,8 +61,11 @@ def test_pretraining_stream_from_the_lazy_corpus(prepared, data_config, spm_tok)
   expected = next(it)
   it.set_state(state)
   assert np.array_equal(next(it)["input_ids"], expected["input_ids"])
-  labels = np.concatenate([b["next_sentence_labels"] for b in batches])
-  assert set(labels.tolist()) <= {0, 1} and all((b["input_ids"][:, 0] == spm_tok.cls_id).all() for b in batches)
+  labels = np.concatenate([b["next_sentence_labels"].ravel() for b in batches])  # packed: [B, S]
+  assert set(labels.tolist()) <= {-1, 0, 1} and (labels >= 0).any()
+  for b in batches:  # every example's [CLS] where its slot says
+    rows, slots = np.nonzero(b["next_sentence_labels"] >= 0)
+    assert (b["input_ids"][rows, b["cls_positions"][rows, slots]] == spm_tok.cls_id).all()
   ev = pipeline.make_pretraining_iterator(data_config, spm_tok, split="eval", batch_size=1, seed=0)
   assert len(list(ev)) >= 2
   assert "tensorflow" not in sys.modules

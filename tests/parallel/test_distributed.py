@@ -76,7 +76,8 @@ def test_example_ids_are_recorded_only_when_asked(tmp_path, monkeypatch):
   record = distributed.ExampleIdRecorder(str(tmp_path))
   record(1, batch)
   record(2, {"example_ids": np.array([1, 2, 4])})
-  assert distributed.read_example_ids(str(tmp_path)) == {1: [3, 5, 9], 2: [1, 2, 4]}
+  record(3, {"example_ids": np.array([[7, 6, -1], [8, -1, -1]])})  # packed rows: empty slots -1
+  assert distributed.read_example_ids(str(tmp_path)) == {1: [3, 5, 9], 2: [1, 2, 4], 3: [6, 7, 8]}
 
 
 def test_single_process_needs_no_distributed_runtime(monkeypatch):

@@ -65,7 +65,8 @@ def _expected_stream(workdir, num_steps: int) -> dict[int, list[int]]:
   tokenizer = ensure_tokenizer(config.data, str(workdir))  # the vocabulary process 0 trained
   iterator = make_pretraining_iterator(config.data, tokenizer, split="train", batch_size=8,
                                        seed=config.seed)
-  return {step: sorted(int(i) for i in next(iterator)["example_ids"])
+  # Packed rows hold several examples (-1 in empty slots).
+  return {step: sorted(int(i) for i in next(iterator)["example_ids"].ravel() if i >= 0)
           for step in range(1, num_steps + 1)}
 
 
