@@ -31,6 +31,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+from mebert import host_memory
 from mebert.tasks import batching, data as data_lib, inference
 
 
@@ -213,6 +214,7 @@ def run(config, same_start: bool = False) -> dict:
 
 def main(argv):
   del argv
+  host_memory.configure()  # before JAX starts: the opt-in host tuning (mebert/host_memory.py)
   record = run(flags.FLAGS.config, flags.FLAGS.same_start)
   line = json.dumps(record, sort_keys=True, default=str)
   if flags.FLAGS.json:
