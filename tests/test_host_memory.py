@@ -77,7 +77,8 @@ ENTRYPOINTS = ["mebert/train/__main__.py", "mebert/embed.py", "mebert/tasks/seed
                "mebert/compress/bench_int8.py", "mebert/compress/bench_distill.py",
                "mebert/experiments/encodings.py", "mebert/bench/scaling.py",
                "mebert/bench/finetune_peer.py", "mebert/bench/finetune_step_probe.py",
-               "mebert/bench/timing.py"]
+               "mebert/bench/timing.py", "mebert/bench/pretrain.py",
+               "mebert/bench/pretrain_peer.py"]
 
 
 @pytest.mark.parametrize("path", ENTRYPOINTS)
