@@ -17,8 +17,9 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 _PROBE = """
 import resource, statistics, sys
 import mebert
-import mebert.train.steps, mebert.tasks.finetune, mebert.bench.harness  # the library, imported
-if sys.argv[1] == "configure":
+if sys.argv[1] == "import only":  # the library, as a program that uses it imports it
+  import mebert.train.steps, mebert.tasks.finetune, mebert.bench.harness
+else:
   from mebert import host_memory
   host_memory.configure()
 import jax, jax.numpy as jnp

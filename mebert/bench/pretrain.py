@@ -301,6 +301,7 @@ def main(argv=None) -> dict:
             "calibration": calibration, "steps_planned": {"mebert": mebert_steps,
                                                           "peer": peer_steps},
             "recipe": {"batch_size": args.batch_size, "seq_len": args.seq_len,
+                       "mebert_data_pack": config.data.get("pack"),
                        "learning_rate": args.learning_rate, "warmup_ratio": args.warmup_ratio,
                        "decay": "linear to 0 at each side's planned steps",
                        "mask_prob": args.mask_prob, "task": "masked LM only",

@@ -75,6 +75,7 @@ def test_the_report_split_must_not_overlap_the_selection(selection_config):
     finetune_peer.report_split(plain, 0.0)
 
 
+@pytest.mark.slow
 def test_mebert_evaluates_at_the_peers_steps(selection_config, tmp_path):
   finetune.FineTuning(selection_config, str(tmp_path / "run")).train()
   evals = finetune_compare.evals(os.path.join(tmp_path, "run", "metrics.jsonl"))
