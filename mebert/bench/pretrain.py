@@ -62,8 +62,9 @@ def _parse_args(argv):
                   "regex; WikiText: ' ?= [^=].* = ?')")
   ap.add_argument("--eval-corpus", default="", help="held-out text (default: --eval-fraction of "
                   "the corpus's documents)")
-  ap.add_argument("--eval-fraction", type=float, default=0.02)
-  ap.add_argument("--eval-examples", type=int, default=2000, help="held-out examples scored")
+  ap.add_argument("--eval-fraction", type=float, default=0.05,
+                  help="of the documents, held out by mebert's document hash")
+  ap.add_argument("--eval-examples", type=int, default=4000, help="held-out examples scored")
   ap.add_argument("--vocab-size", type=int, default=8192)
   ap.add_argument("--seq-len", type=int, default=128)
   ap.add_argument("--batch-size", type=int, default=32)
