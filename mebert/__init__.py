@@ -1,7 +1,7 @@
-"""mebert: BERT-family encoders in JAX/Flax, from pretraining to fine-tuning."""
+"""mebert: BERT-family encoders in JAX/Flax, from pretraining to fine-tuning.
 
-from mebert import host_memory
-
-host_memory.configure()  # before JAX starts its threads: see mebert/host_memory.py
+Importing mebert changes nothing process-wide: the host tuning its command-line entrypoints apply
+(glibc's allocator, JAX's CPU dispatch) is opt-in, `mebert.host_memory.configure()`.
+"""
 
 __version__ = "0.1.0"

@@ -27,6 +27,7 @@ import sys
 
 import numpy as np
 
+from mebert import host_memory
 from mebert.model.config import ModelConfig
 
 POOLINGS = ("cls", "mean", "max")
@@ -229,6 +230,7 @@ def main(argv=None) -> int:
   ap.add_argument("--parity", action="store_true",
                   help="run the transformers parity gate when loading a Hugging Face folder")
   args = ap.parse_args(argv)
+  host_memory.configure()  # before JAX starts: the opt-in host tuning (mebert/host_memory.py)
   from mebert.interop.errors import InteropError
 
   try:

@@ -10,14 +10,19 @@ thread (`jax_cpu_enable_async_dispatch=False`: the loop waits for each step, whi
 when host and "device" share the same cores), whose allocations come from glibc's main heap; with
 mmap off and trimming at 2 GiB that heap keeps the block and the next step reuses it.
 
-`configure()` runs when mebert is imported, before JAX creates its CPU client. It leaves a JAX
-setting the user made (JAX_CPU_ENABLE_ASYNC_DISPATCH in the environment) as it is, and
-MEBERT_GLIBC_TUNING=0 turns it all off. The cost: the process keeps its peak heap.
+Both settings are process-wide, so importing mebert does not apply them: a program that imports
+mebert as a library keeps its allocator and JAX's dispatch as they were. mebert's command-line
+entrypoints (`python -m mebert.train`, `mebert.embed`, `mebert.tasks.seeds`, the benchmarks, ...)
+call `configure()` first thing in their main, before JAX creates its CPU client; a library user
+who wants the same may call it too. It leaves a JAX setting the user made
+(JAX_CPU_ENABLE_ASYNC_DISPATCH in the environment) as it is, and MEBERT_GLIBC_TUNING=0 turns it all
+off. The cost: the process keeps its peak heap.
 """
 
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import platform
 
@@ -25,17 +30,15 @@ import platform
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
 
-_configured: bool | None = None
+_glibc_tuned: bool | None = None
 
 
-def configure() -> bool:
-  """Applies the settings once; True if glibc took them."""
-  global _configured
-  if _configured is not None:
-    return _configured
-  _configured = False
-  if os.environ.get("MEBERT_GLIBC_TUNING", "1") == "0":
-    return False
+def _tune_glibc() -> bool:
+  """mallopt(M_MMAP_MAX=0, M_TRIM_THRESHOLD=2 GiB - 1), once; True if glibc took both."""
+  global _glibc_tuned
+  if _glibc_tuned is not None:
+    return _glibc_tuned
+  _glibc_tuned = False
   if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
     return False
   try:
@@ -45,10 +48,30 @@ def configure() -> bool:
   mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
   mallopt.restype = ctypes.c_int
   # mallopt returns 1 on success. The trim threshold is an int: 2 GiB - 1.
-  _configured = all(mallopt(param, value) == 1
-                    for param, value in ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1)))
-  if _configured and "JAX_CPU_ENABLE_ASYNC_DISPATCH" not in os.environ:
+  _glibc_tuned = all(mallopt(param, value) == 1
+                     for param, value in ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1)))
+  return _glibc_tuned
+
+
+def enabled() -> bool:
+  """Whether the environment allows the tuning (MEBERT_GLIBC_TUNING is not "0")."""
+  return os.environ.get("MEBERT_GLIBC_TUNING", "1") != "0"
+
+
+def configure(jax_dispatch: bool = True) -> bool:
+  """Applies the tuning to this process; True if glibc took it. Idempotent.
+
+  jax_dispatch=False tunes glibc only (a process that runs no JAX, e.g. the PyTorch peer of the
+  benchmarks, which gets the same allocator as the JAX programs it is compared with).
+  """
+  if not enabled() or not _tune_glibc():
+    return False
+  if jax_dispatch and "JAX_CPU_ENABLE_ASYNC_DISPATCH" not in os.environ:
     import jax
 
-    jax.config.update("jax_cpu_enable_async_dispatch", False)
-  return _configured
+    if jax.config.read("jax_cpu_enable_async_dispatch"):
+      jax.config.update("jax_cpu_enable_async_dispatch", False)
+      logging.getLogger(__name__).info(
+          "host tuning: glibc keeps freed memory mapped (mallopt), JAX runs single-device CPU "
+          "computations inline (MEBERT_GLIBC_TUNING=0 turns both off)")
+  return True

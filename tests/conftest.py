@@ -17,6 +17,11 @@ jax.config.update("jax_disable_most_optimizations", True)
 jax.config.update("jax_compilation_cache_dir",
                   os.environ.get("MEBERT_TEST_JAX_CACHE", "/tmp/mebert-test-jax-cache"))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+# The suite runs in the environment mebert's entrypoints set up (importing mebert no longer does):
+# glibc's allocator tuning and inline CPU dispatch (mebert/host_memory.py).
+from mebert import host_memory  # noqa: E402
+
+host_memory.configure()
 
 from absl import flags  # noqa: E402
 

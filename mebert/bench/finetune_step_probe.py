@@ -18,6 +18,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+from mebert import host_memory
 from mebert.tasks import batching, finetune
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Fine-tuning config.", lock_config=True)
@@ -26,6 +27,7 @@ _STEPS = flags.DEFINE_integer("steps", 8, "Timed steps per batch shape (after on
 
 def main(argv):
   del argv
+  host_memory.configure()  # before JAX starts: the opt-in host tuning (mebert/host_memory.py)
   run = finetune.FineTuning(_CONFIG.value, tempfile.mkdtemp(prefix="probe-"))
   state = run.compiled.init(jax.random.key(0, impl="rbg"))
   seed = jax.device_put(np.int32(0), run.compiled.replicated)

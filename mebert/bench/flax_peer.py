@@ -4,7 +4,8 @@
 
 transformers 5 dropped its Flax models, so this runs in a separate environment with
 `transformers<5`, jax, flax and optax (the harness's --flax-python), and imports nothing from
-mebert: only the stdlib-and-numpy helpers beside it, by path. The training step follows
+mebert: only the stdlib-and-numpy helpers beside it, by path, and mebert/host_memory.py (by path,
+through timing.worker_main), so that it runs with the same host tuning as mebert's worker. The training step follows
 transformers' examples/flax/language-modeling/run_mlm_flax.py: one jitted function with the
 parameters and optimizer state donated, the MLM loss over labelled positions (the head runs at
 every position), plus the NSP loss; AdamW and clipping as mebert's defaults. Batches whose

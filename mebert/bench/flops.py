@@ -15,12 +15,13 @@ non-embedding matmul weights): Kaplan et al.'s 6N per token plus the attention t
 Heads, per predicted position: transform H*H and the tied decoder H*V -> 6*(H*H + H*V);
 per row: pooler H*H and NSP classifier 2*H -> 6*(H*H + 2*H).
 
-Two counts:
-  useful: the work the batch needs. Real (non-pad) tokens only; a token attends to its own
-    segment (S = the length of its packed segment or unpadded row); the MLM head at the real
-    predictions only (weight > 0); no rematerialisation recompute.
-  slot: every position of the [B, L] batch, each attending to all L positions, and a dense MLM
-    head at every position (what an implementation without packing or a sparse head computes).
+The count is the useful work: what the batch needs. Real (non-pad) tokens only; a token attends
+to its own example (S = the length of its packed segment or unpadded row); the MLM head at the
+real predictions only (weight > 0); no rematerialisation recompute. A framework that pads, or runs
+its MLM head at every position, computes more than this; that extra is not counted, so the
+utilisation says how much of the peak went into the batch's own work. (Earlier versions also
+reported a "slot" utilisation, every position's work divided by mebert's step time: it counted
+the peers' padding at mebert's rate and read above 100%, so it is gone.)
 """
 
 from __future__ import annotations
@@ -66,9 +67,3 @@ def useful_flops(size: dict, vocab_size: int, segment_ids: np.ndarray, predictio
   return step_flops(size, vocab_size, tokens=float(seg.sum()), attention_pairs=float((seg**2).sum()),
                     predictions=float((np.asarray(prediction_weights) > 0).sum()),
                     rows=float((np.asarray(nsp_labels) >= 0).sum()))
-
-
-def slot_flops(size: dict, vocab_size: int, batch_size: int, seq_len: int) -> float:
-  tokens = batch_size * seq_len
-  return step_flops(size, vocab_size, tokens=tokens, attention_pairs=tokens * seq_len,
-                    predictions=tokens, rows=batch_size)

@@ -16,7 +16,8 @@ def _pct(x):
 
 def table(records: list[dict]) -> str:
   head = ("| case | batch | mebert tok/s (non-pad) | PyTorch tok/s (non-pad) | Flax tok/s (non-pad) | "
-          "ratio | mebert useful / slot FLOP util | PyTorch useful util | Flax useful util | "
+          "ratio | mebert useful FLOP util (vs best matmul) | PyTorch useful util | "
+          "Flax useful util | "
           "mebert step / compile | mebert / PyTorch / Flax peak RSS |\n"
           "|---|---|---|---|---|---|---|---|---|---|---|")
   rows = []
@@ -29,7 +30,8 @@ def table(records: list[dict]) -> str:
     rows.append(
         f"| {r['case']} | {r['batch_size']} x {r['seq_len']} | {tok('mebert')} | {tok('peer')} | "
         f"{tok('flax_peer')} | **{_f(r['ratio'], 1, 2)}x** {r.get('faster_peer') or ''} | "
-        f"{_pct(r['mebert_useful_flop_util'])} / {_pct(r['mebert_slot_flop_util'])} | "
+        f"{_pct(r['mebert_useful_flop_util'])} "
+        f"({_pct(r.get('mebert_useful_flop_util_vs_best_matmul'))}) | "
         f"{_pct(r['peer_useful_flop_util'])} | {_pct(r['flax_peer_useful_flop_util'])} | "
         f"{_f(r['mebert_step_time_s'], 1e3)} ms / {_f(r['mebert_compile_s'], 1, 0)} s | "
         f"{_f(r['mebert_peak_rss_mb'])} / {_f(r['peer_peak_rss_mb'])} / "
@@ -46,7 +48,9 @@ def main(argv=None) -> None:
   print(table(records))
   for r in records:
     m = r["machine"]
+    check = (r.get("peak_check") or {}).get("note", "")
     print(f"\n{r['case']}: peak {_f(r['peak_flops_per_s'], 1e-9, 1)} GFLOP/s ({r['peak_source']}); "
+          f"best matmul {_f(r.get('best_matmul_flops_per_s'), 1e-9, 1)} GFLOP/s; {check}; "
           f"{m['nproc']} x {m['cpu_model']}; load {m['load_average']}; {m['date']}; `{r['command']}`")
 
 

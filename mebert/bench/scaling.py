@@ -24,6 +24,7 @@ import json
 import os
 import sys
 
+from mebert import host_memory
 from mebert.model.config import bert_size
 
 SIZES = ("tiny", "mini", "small", "medium", "base", "large")
@@ -180,6 +181,7 @@ def main(argv=None) -> None:
   ap.add_argument("--devices", type=int, default=None,
                   help="--memory on CPU: this many fake CPU devices (set before JAX starts)")
   args = ap.parse_args(argv)
+  host_memory.configure()  # before JAX starts: the opt-in host tuning (mebert/host_memory.py)
   if bool(args.json_dir) == bool(args.memory):
     raise SystemExit("error: give --json-dir=DIR (step-time table) or --memory (memory table)")
   try:

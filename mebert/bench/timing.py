@@ -28,9 +28,9 @@ def timed_rounds(run_steps: Callable[[int], None], *, steps: int, rounds: int,
   a round that another process slowed down.
 
   `between_rounds`, when given, is called before the first round and after every round (untimed);
-  its readings come back as `between_rounds_readings`, e.g. the matrix-product rate that the
-  utilisation divides by, measured at the same times as the steps (the machine's speed drifts by
-  several percent over a minute).
+  its readings come back as `between_rounds_readings`, e.g. the matrix-product rate, read at the
+  same times as the steps (the machine's speed drifts by several percent over a minute); the
+  harness reports their best beside the hardware peak (mebert/bench/peak.py).
   """
   rounds = max(1, min(rounds, steps))
   per_round = max(1, steps // rounds)
@@ -109,8 +109,25 @@ def write_json(path: str, record: dict) -> None:
   os.replace(tmp, path)
 
 
-def worker_main(run: Callable[[dict, str], dict], description: str, argv=None) -> None:
-  """The command line every worker shares: --spec=SPEC.json --batches=B.npz --out=OUT.json."""
+def host_tuning(jax_dispatch: bool = True) -> bool:
+  """mebert's opt-in host tuning (mebert/host_memory.py) for this worker, loaded by path so that the
+  Flax peer's venv, without mebert installed, gets exactly the same; MEBERT_GLIBC_TUNING=0 (the
+  harness's --no-host-tuning) turns it off for every framework alike."""
+  import importlib.util
+
+  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "host_memory.py")
+  spec = importlib.util.spec_from_file_location("mebert_host_memory", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.configure(jax_dispatch=jax_dispatch)
+
+
+def worker_main(run: Callable[[dict, str], dict], description: str, argv=None,
+                jax_dispatch: bool = True) -> None:
+  """The command line every worker shares: --spec=SPEC.json --batches=B.npz --out=OUT.json.
+
+  Applies the host tuning first (jax_dispatch=False: glibc only, for a worker without JAX) and
+  records whether it took in the output as `host_tuning`."""
   import argparse
 
   ap = argparse.ArgumentParser(description=description)
@@ -118,6 +135,7 @@ def worker_main(run: Callable[[dict, str], dict], description: str, argv=None) -
   ap.add_argument("--batches", required=True)
   ap.add_argument("--out", required=True)
   args = ap.parse_args(argv)
+  tuned = host_tuning(jax_dispatch)  # host_memory.configure(), before the framework starts
   with open(args.spec) as f:
     spec = json.load(f)
-  write_json(args.out, run(spec, args.batches))
+  write_json(args.out, {**run(spec, args.batches), "host_tuning": tuned})

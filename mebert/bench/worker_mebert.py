@@ -9,7 +9,6 @@ measures the machine's float32 matrix-product rate (CPU) or looks up the acceler
 from __future__ import annotations
 
 import functools
-import statistics
 import time
 
 import numpy as np
@@ -86,8 +85,8 @@ def run(spec: dict, batch_path: str) -> dict:
   between_rounds = None
   if device.platform == "cpu":
     if spec.get("peak_size", 4096) > 0:
-      # Read before timing (best of 3) and again between the timed rounds (2 products each):
-      # the median of the latter is the rate under the same conditions as the steps.
+      # Read before timing (best of 3) and again between the timed rounds (2 products each);
+      # the harness reports the best of all these readings beside the hardware peak.
       out["matmul_size"] = int(spec.get("peak_size", 4096))
       matmul = matmul_timer(out["matmul_size"])
       out["matmul_flops_per_s_best_of_3"] = matmul(3, best=True)
@@ -152,7 +151,8 @@ def run(spec: dict, batch_path: str) -> dict:
                                    between_rounds=between_rounds))
     if between_rounds is not None:
       out["matmul_readings_flops_per_s"] = out.pop("between_rounds_readings")
-      out["matmul_flops_per_s"] = statistics.median(out["matmul_readings_flops_per_s"])
+      out["matmul_flops_per_s"] = max(out["matmul_readings_flops_per_s"]
+                                      + [out["matmul_flops_per_s_best_of_3"]])
     out["final_loss"] = float(holder["metrics"]["loss"])
   out["peak_rss_mb"] = timing.peak_rss_mb()
   out["rss_at_start_mb"] = rss_start

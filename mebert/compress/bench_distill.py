@@ -24,6 +24,8 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+from mebert import host_memory
+
 
 def define_flags():
   """Flags only when run as a program: tests import `measure` beside other modules' --config."""
@@ -141,6 +143,7 @@ def main(argv):
   del argv
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
   logging.getLogger("absl").setLevel(logging.WARNING)
+  host_memory.configure()  # before JAX starts: the opt-in host tuning (mebert/host_memory.py)
   f = flags.FLAGS
   result = measure(f.config, f.teacher, f.student, f.rounds)
   print(json.dumps(result, sort_keys=True), flush=True)

@@ -17,13 +17,14 @@ import time
 
 import numpy as np
 
-from mebert import embed
+from mebert import embed, host_memory
 from mebert.compress import quantize as quantize_lib
 from mebert.interop import bench_embed
 
 
 def main(argv=None) -> dict:
   args = bench_embed.parse_args(__doc__.split("\n")[0], argv, n=1000, rounds=3)
+  host_memory.configure()  # before JAX starts: the opt-in host tuning (mebert/host_memory.py)
   model_dir, sentences = bench_embed.model_and_sentences(args)
   n = len(sentences)
   import jax

@@ -15,6 +15,9 @@ def default_data_config() -> config_dict.ConfigDict:
   c.eval_fraction = 0.02  # of documents, split by a stable hash; train and eval never share one
   c.min_eval_docs = 8  # held out even when eval_fraction rounds to fewer (capped at 1/4 of the corpus)
   c.one_doc_per_file = False  # local files: False = a blank line separates documents (BERT's format)
+  # Local files: a regex; each line it matches in full starts a document (and is dropped), and blank
+  # lines no longer do. WikiText: r" ?= [^=].* = ?" (its article titles). See corpora.py.
+  c.doc_separator = ""
   c.max_line_chars = 4000  # longer lines are cut (counted in the corpus stats)
   c.tfds_data_dir = ""  # "" = TFDS's default (~/tensorflow_datasets or $TFDS_DATA_DIR)
   # Tokenizer: a file to load, or "" to train a sentencepiece model on the train documents.

@@ -7,8 +7,11 @@ Spec grammar (comma-separated parts are concatenated in order):
                                          without TensorFlow; SPLIT defaults to "train"
 
 A document is a str of non-empty lines. Local files are split into documents at blank lines (BERT's
-input format: one sentence or paragraph per line, blank line between documents) or, with
-`one_doc_per_file`, one document per file. Sentences are lines further split by a simple regex
+input format: one sentence or paragraph per line, blank line between documents), with
+`one_doc_per_file` one document per file, or with `doc_separator` (a regex) at each line it matches
+in full, which is dropped: blank lines then separate paragraphs within a document. WikiText's
+articles start with a " = Title = " line: doc_separator=r" ?= [^=].* = ?" reads them as documents
+(its " = = Section = = " lines stay in the text; r" ?(= )+[^=].*( =)+ ?" makes each section one). Sentences are lines further split by a simple regex
 (`split_sentences`): good enough for NSP/SOP segment boundaries, and documented as such.
 
 Local and builtin corpora are held in memory as list[str]; a TFDS part makes the corpus lazy: the
@@ -113,15 +116,44 @@ def decode_text(raw: bytes, path: str, stats: dict[str, int]) -> str:
   return text
 
 
+def doc_separator_regex(pattern: str) -> re.Pattern | None:
+  """data.doc_separator compiled (None when empty); a bad regex is one clear error."""
+  if not pattern:
+    return None
+  try:
+    return re.compile(pattern)
+  except re.error as e:
+    raise ValueError(f"data.doc_separator={pattern!r} is not a regular expression: {e}") from None
+
+
+def split_at_separator(text: str, separator: re.Pattern) -> list[str]:
+  """Documents of `text`: a new one at each line the separator matches in full (line dropped)."""
+  parts, current = [], []
+  for line in text.split("\n"):
+    if separator.fullmatch(line):
+      parts.append("\n".join(current))
+      current = []
+    else:
+      current.append(line)
+  parts.append("\n".join(current))
+  return parts
+
+
 def read_documents(path: str, stats: dict[str, int], *, one_doc_per_file: bool = False,
-                   max_line_chars: int = DEFAULT_MAX_LINE_CHARS) -> list[str]:
+                   max_line_chars: int = DEFAULT_MAX_LINE_CHARS,
+                   doc_separator: re.Pattern | None = None) -> list[str]:
   """The cleaned, non-empty documents of one text file (empty ones are counted and dropped)."""
   with open(path, "rb") as f:
     raw = f.read()
   _add(stats, "files")
   _add(stats, "bytes", len(raw))
   text = decode_text(raw, path, stats)
-  parts = [text] if one_doc_per_file else _BLANK_LINE.split(text)
+  if one_doc_per_file:
+    parts = [text]
+  elif doc_separator is not None:
+    parts = split_at_separator(text, doc_separator)
+  else:
+    parts = _BLANK_LINE.split(text)
   docs = [clean_document(p, stats, max_line_chars) for p in parts]
   _add(stats, "empty_documents", sum(1 for d in docs if not d))
   if not any(docs):
@@ -212,7 +244,7 @@ def _parse_tfds(part: str) -> tuple[str, str]:
 
 @functools.lru_cache(maxsize=4)
 def load_corpus(spec: str = "builtin", *, tfds_data_dir: str | None = None, one_doc_per_file: bool = False,
-                max_line_chars: int = DEFAULT_MAX_LINE_CHARS) -> Corpus:
+                max_line_chars: int = DEFAULT_MAX_LINE_CHARS, doc_separator: str = "") -> Corpus:
   """Loads a corpus spec (see module docstring). Cached: train, eval and the tokenizer trainer share it.
 
   Raises FileNotFoundError for a path/glob that matches nothing, ValueError for a binary file or a
@@ -220,6 +252,7 @@ def load_corpus(spec: str = "builtin", *, tfds_data_dir: str | None = None, one_
   """
   stats: dict[str, int] = {}
   parts: list[Sequence[str]] = []
+  separator = doc_separator_regex(doc_separator)
   for part in (p.strip() for p in spec.split(",")):
     if not part:
       continue
@@ -232,7 +265,8 @@ def load_corpus(spec: str = "builtin", *, tfds_data_dir: str | None = None, one_
     else:
       docs = []
       for path in expand_paths(os.path.expanduser(part)):
-        docs += read_documents(path, stats, one_doc_per_file=one_doc_per_file, max_line_chars=max_line_chars)
+        docs += read_documents(path, stats, one_doc_per_file=one_doc_per_file,
+                               max_line_chars=max_line_chars, doc_separator=separator)
     if not len(docs):
       raise ValueError(f"corpus: {part!r} has no text (empty files or only blank lines)")
     parts.append(docs)
@@ -296,7 +330,8 @@ def corpus_split(data_config, split: str) -> tuple[Corpus, np.ndarray]:
     raise ValueError(f"split must be 'train' or 'eval', not {split!r}")
   kw = dict(tfds_data_dir=data_config.get("tfds_data_dir", "") or None,
             one_doc_per_file=bool(data_config.get("one_doc_per_file", False)),
-            max_line_chars=int(data_config.get("max_line_chars", DEFAULT_MAX_LINE_CHARS)))
+            max_line_chars=int(data_config.get("max_line_chars", DEFAULT_MAX_LINE_CHARS)),
+            doc_separator=str(data_config.get("doc_separator", "")))
   eval_spec = data_config.get("eval_corpus", "")
   corpus = load_corpus(eval_spec if split == "eval" and eval_spec else data_config.get("corpus", "builtin"), **kw)
   if eval_spec:

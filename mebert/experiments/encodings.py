@@ -27,6 +27,7 @@ import time
 
 from absl import app, flags
 
+from mebert import host_memory
 from mebert.experiments.encodings_report import load_config_module
 
 _RUNS = flags.DEFINE_string("runs", "runs/enc", "Folder with one workdir per variant.")
@@ -131,6 +132,7 @@ def main(argv):
   del argv
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
   logging.getLogger("absl").setLevel(logging.WARNING)
+  host_memory.configure()  # before JAX starts: the opt-in host tuning (mebert/host_memory.py)
   from mebert.data.tokenizer import ensure_tokenizer  # pylint: disable=g-import-not-at-top
 
   module = load_config_module()

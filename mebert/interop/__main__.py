@@ -13,6 +13,7 @@ import argparse
 import logging
 import sys
 
+from mebert import host_memory
 from mebert.interop.errors import InteropError
 
 
@@ -40,6 +41,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
   args = _parser().parse_args(argv)
+  host_memory.configure()  # before JAX starts: the opt-in host tuning (mebert/host_memory.py)
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
   from mebert.interop import workdir
 

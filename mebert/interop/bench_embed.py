@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from mebert import embed
+from mebert import embed, host_memory
 
 _DEFAULT_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data", "sst2",
                              "train.tsv")
@@ -48,6 +48,7 @@ def model_and_sentences(args: argparse.Namespace) -> tuple[str, list[str]]:
 
 def main(argv=None) -> None:
   args = parse_args(__doc__.split("\n")[0], argv, n=5000, rounds=2)
+  host_memory.configure()  # before JAX starts: the opt-in host tuning (mebert/host_memory.py)
   model_dir, sentences = model_and_sentences(args)
   n = len(sentences)
   import jax

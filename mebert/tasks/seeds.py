@@ -20,6 +20,8 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+from mebert import host_memory
+
 
 def define_flags():
   """Flags only when run as a program: tests import `run_seeds` beside other modules' --config."""
@@ -91,6 +93,7 @@ def main(argv):
   del argv
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
   logging.getLogger("absl").setLevel(logging.WARNING)
+  host_memory.configure()  # before JAX starts: the opt-in host tuning (mebert/host_memory.py)
   f = flags.FLAGS
   seeds = [int(s) for s in f.seeds.split(",") if s.strip()]
   from mebert.train import compile_cache  # after flags: jax must not start before parsing

@@ -14,6 +14,8 @@ import logging
 from absl import app, flags
 from ml_collections import config_flags
 
+from mebert import host_memory
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and the vocabulary "
@@ -38,6 +40,7 @@ def main(argv):
   del argv
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
   logging.getLogger("absl").setLevel(logging.WARNING)
+  host_memory.configure()  # before JAX starts: the opt-in host tuning (mebert/host_memory.py)
   from mebert.train import compile_cache, distributed, trainer  # after flags: jax starts later
 
   distributed.initialize_from_environment()
