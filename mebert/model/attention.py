@@ -7,6 +7,12 @@ whatever the compute dtype. Backends:
   - "cudnn": the same with implementation="cudnn" (GPU, bf16/fp16, no attention dropout).
   - "splash": Pallas splash attention on TPU (segment ids, no bias or dropout).
   - "auto": cudnn on GPU and splash on TPU where their limits allow, else xla.
+
+Sliding-window (local) layers (model.local_attention_window, mebert.model.local_attention): "xla"
+and "cudnn" run the blocked computation (linear in length; cuDNN has no bidirectional window),
+"dot_product" passes `local_window_size`, "splash" its local mask. A layer's `local` flag is a
+Python bool in an unrolled stack and a traced one under scan_layers, where a lax.cond picks the
+local or the global computation (both compiled once; one runs).
 """
 
 from __future__ import annotations
@@ -19,8 +25,9 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from mebert.model.config import ModelConfig
+from mebert.model import local_attention as local_lib
 from mebert.model.dense import Dense
-from mebert.model.dropout import Dropout
+from mebert.model.dropout import Dropout, dropout
 
 # The collection SelfAttention sows its [B, N, L, L] float32 probabilities into ("probs"), only when
 # a caller makes it mutable (e.g. distillation's attention-map loss): apply(..., mutable=[it]).
@@ -105,10 +112,12 @@ class SelfAttention(nn.Module):
   deterministic: bool = True
 
   @nn.compact
-  def __call__(self, x_BxLxH, segment_ids, bias=None, rotary=None, query_positions=None):
+  def __call__(self, x_BxLxH, segment_ids, bias=None, rotary=None, query_positions=None,
+               local=False):
     """query_positions [B, Q]: only those positions ask queries (keys and values are every
     position), and the output is [B, Q, H]: what the last layer of a sequence classifier needs.
-    Not with position biases or rotary angles, which are laid out for every query."""
+    Not with position biases or rotary angles, which are laid out for every query. `local`: this
+    layer attends within model.local_attention_window (a bool, or a traced bool under scan)."""
     cfg = self.config
     batch = x_BxLxH.shape[0]
 
@@ -148,15 +157,64 @@ class SelfAttention(nn.Module):
     if backend == "splash" and query_positions is not None:
       backend = "xla"  # splash wants as many queries as keys
     mask = segment_mask(segment_ids, query_segment_ids)
-    if backend == "splash":
-      out = splash_attention(q, k, v, segment_ids)
-    elif backend in ("dot_product", "cudnn") and not dropout_active:
-      out = jax.nn.dot_product_attention(
-          q, k, v, bias=bias, mask=mask,
-          scale=1.0, implementation="cudnn" if backend == "cudnn" else None)
+    if local is False:
+      out = self._global(backend, q, k, v, mask, bias, segment_ids, dropout_active, keep_probs)
     else:
-      dropout = Dropout(cfg.attention_dropout_rate, deterministic=not dropout_active)
-      out = xla_attention(q, k, v, mask, bias, dropout, cfg.compute_dtype, keep_probs)
+      query_index = (query_positions if query_positions is not None
+                     else jnp.arange(q.shape[1], dtype=jnp.int32))
+      out = self._local(backend, local, q, k, v, mask, bias, segment_ids, query_index,
+                        dropout_active, keep_probs)
     out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
     out = checkpoint_name(out, "attention_out")
     return out.reshape(batch, q.shape[1], cfg.hidden_size)
+
+  def _global(self, backend, q, k, v, mask, bias, segment_ids, dropout_active, keep_probs):
+    cfg = self.config
+    if backend == "splash":
+      return splash_attention(q, k, v, segment_ids)
+    if backend in ("dot_product", "cudnn") and not dropout_active:
+      return jax.nn.dot_product_attention(
+          q, k, v, bias=bias, mask=mask,
+          scale=1.0, implementation="cudnn" if backend == "cudnn" else None)
+    drop = Dropout(cfg.attention_dropout_rate, deterministic=not dropout_active)
+    return xla_attention(q, k, v, mask, bias, drop, cfg.compute_dtype, keep_probs)
+
+  def _local(self, backend, local, q, k, v, mask, bias, segment_ids, query_index, dropout_active,
+             keep_probs):
+    """A sliding-window layer, or (traced `local`) a layer that is one or the other."""
+    cfg = self.config
+    half = cfg.half_window
+    static = isinstance(local, bool)
+    dense = (keep_probs is not None or bias is not None or backend == "dot_product"
+             or q.shape[1] != k.shape[1])  # Q < L: the last layer of a classifier
+    if dense:  # one dense computation whose mask narrows to the band where the layer is local
+      banded = local_lib.local_mask(mask, query_index, half, local)
+      if backend == "dot_product" and not dropout_active:
+        window = static and q.shape[1] == k.shape[1]  # the query at row i is position i
+        return jax.nn.dot_product_attention(
+            q, k, v, bias=bias, mask=mask if window else banded, scale=1.0,
+            local_window_size=(half, half) if window else None)
+      drop = Dropout(cfg.attention_dropout_rate, deterministic=not dropout_active)
+      return xla_attention(q, k, v, banded, bias, drop, cfg.compute_dtype, keep_probs)
+    if backend == "splash":
+      local_fn = lambda q, k, v: splash_attention(q, k, v, segment_ids, window=(half, half))
+      global_fn = lambda q, k, v: splash_attention(q, k, v, segment_ids)
+      return local_fn(q, k, v) if static else jax.lax.cond(local, local_fn, global_fn, q, k, v)
+    # xla or cudnn: the blocked computation where it saves work, else the dense band.
+    rate = cfg.attention_dropout_rate if dropout_active else 0.0
+    key = self.make_rng("dropout") if rate else None
+    drop = lambda probs: dropout(key, probs, rate) if rate else probs
+
+    def local_fn(q, k, v):
+      if local_lib.blocked_pays(k.shape[1], half):
+        return local_lib.blocked_local_attention(q, k, v, segment_ids, half, drop,
+                                                 cfg.compute_dtype)
+      return xla_attention(q, k, v, local_lib.local_mask(mask, query_index, half), None, drop,
+                           cfg.compute_dtype)
+
+    def global_fn(q, k, v):
+      if backend == "cudnn":
+        return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=1.0, implementation="cudnn")
+      return xla_attention(q, k, v, mask, None, drop, cfg.compute_dtype)
+
+    return local_fn(q, k, v) if static else jax.lax.cond(local, local_fn, global_fn, q, k, v)

@@ -15,6 +15,11 @@ _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.floa
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "geglu")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "save_attention_out")
 ATTENTION_BACKENDS = ("auto", "xla", "dot_product", "cudnn", "splash")
+# The published architecture a model follows: decides the task heads (BERT's tanh pooler and
+# classifier, RoBERTa's and ELECTRA's dense+out_proj on the first token, ModernBERT's
+# dense+act+norm head), whether the encoder has a pooler, and the Hugging Face classes on export.
+FAMILIES = ("bert", "roberta", "electra", "modernbert")
+CLASSIFIER_POOLINGS = ("cls", "mean")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +52,23 @@ class ModelConfig:
   scan_layers: bool = False  # one compiled layer body for all layers: faster compiles for deep models
   remat_policy: str = "none"
   attention_backend: str = "auto"  # "auto" picks by platform at trace time
+  # Families beyond BERT (see FAMILIES and docs/families.md).
+  family: str = "bert"
+  embedding_size: int = 0  # 0 = hidden_size; ELECTRA: a narrower [V, E] table, projected to hidden
+  position_offset: int = 0  # learned positions read row position + offset (RoBERTa: pad id + 1)
+  layer_norm_bias: bool = True  # ModernBERT's LayerNorms have no bias
+  rotary_base: float = 10000.0  # RoPE base of global-attention layers
+  local_rotary_base: float = 0.0  # RoPE base of local layers; 0 = rotary_base (ModernBERT: 1e4/1.6e5)
+  # Sliding-window attention (ModernBERT's semantics): in a local layer a query at i attends keys j
+  # with |i - j| <= local_attention_window // 2 (and of its own segment). 0 = global everywhere.
+  local_attention_window: int = 0
+  # Layer l is global when l % global_attention_every == 0, local otherwise (ModernBERT: 3);
+  # 0 = every layer local.
+  global_attention_every: int = 1
+  # Pre-LN only: False skips layer 0's attention LayerNorm (ModernBERT: the embeddings are already
+  # normalised there).
+  first_layer_attention_norm: bool = True
+  classifier_pooling: str = "cls"  # sequence heads read the first token, or ("mean") all tokens
 
   def __post_init__(self):
     def fail(key, why):
@@ -70,6 +92,20 @@ class ModelConfig:
       fail("attention_backend", f"is not one of {ATTENTION_BACKENDS}")
     if self.encoding_fusion not in ("sum", "concat"):
       fail("encoding_fusion", "is not one of ('sum', 'concat')")
+    if self.family not in FAMILIES:
+      fail("family", f"is not one of {FAMILIES}")
+    if self.classifier_pooling not in CLASSIFIER_POOLINGS:
+      fail("classifier_pooling", f"is not one of {CLASSIFIER_POOLINGS}")
+    for key in ("embedding_size", "position_offset", "local_attention_window",
+                "global_attention_every"):
+      if not isinstance(getattr(self, key), int) or getattr(self, key) < 0:
+        fail(key, "must be a non-negative integer")
+    if not self.rotary_base > 1:
+      fail("rotary_base", "must be above 1")
+    if self.local_rotary_base and not self.local_rotary_base > 1:
+      fail("local_rotary_base", "must be 0 (= rotary_base) or above 1")
+    if not self.pre_layer_norm and not self.first_layer_attention_norm:
+      fail("first_layer_attention_norm", "can be False only with pre_layer_norm=True")
     for key in ("dropout_rate", "attention_dropout_rate"):
       if not 0.0 <= getattr(self, key) < 1.0:
         fail(key, "must be in [0, 1)")
@@ -81,6 +117,26 @@ class ModelConfig:
   @property
   def head_dim(self) -> int:
     return self.hidden_size // self.num_heads
+
+  @property
+  def embedding_width(self) -> int:
+    """The width of the token embeddings: embedding_size, or hidden_size when that is 0."""
+    return self.embedding_size or self.hidden_size
+
+  @property
+  def half_window(self) -> int:
+    """How far a local layer's query sees on each side: local_attention_window // 2."""
+    return self.local_attention_window // 2
+
+  def layer_is_local(self, layer: int) -> bool:
+    """Whether layer `layer` uses sliding-window attention (see global_attention_every)."""
+    if not self.local_attention_window:
+      return False
+    return self.global_attention_every == 0 or layer % self.global_attention_every != 0
+
+  @property
+  def has_local_layers(self) -> bool:
+    return any(self.layer_is_local(i) for i in range(self.num_layers))
 
   @property
   def compute_dtype(self) -> Any:

@@ -44,6 +44,16 @@ def keep_mask(key: jax.Array, shape: tuple[int, ...], keep_prob: float) -> jax.A
   return keep.reshape(shape)
 
 
+def dropout(key: jax.Array, x: jax.Array, rate: float) -> jax.Array:
+  """Zeroes x with probability `rate` (keep_mask's bits), scaling the kept values by 1/(1-rate):
+  the pure function behind `Dropout`, for code that draws its key outside a module (a lax.cond)."""
+  if rate == 0.0:
+    return x
+  keep_prob = 1.0 - rate
+  keep = keep_mask(key, x.shape, keep_prob)
+  return jax.lax.select(keep, x / jnp.asarray(keep_prob, x.dtype), jnp.zeros_like(x))
+
+
 class Dropout(nn.Module):
   """Drop-in for `nn.Dropout(rate, deterministic=...)`: zeroes with probability `rate`, scales
   the kept values by 1 / (1 - rate); draws from the "dropout" RNG stream."""
@@ -56,6 +66,4 @@ class Dropout(nn.Module):
   def __call__(self, x):
     if self.deterministic or self.rate == 0.0:
       return x
-    keep_prob = 1.0 - self.rate
-    keep = keep_mask(self.make_rng(self.rng_collection), x.shape, keep_prob)
-    return jax.lax.select(keep, x / jnp.asarray(keep_prob, x.dtype), jnp.zeros_like(x))
+    return dropout(self.make_rng(self.rng_collection), x, self.rate)

@@ -3,7 +3,9 @@
 An encoding can act in three places, so each returns `PositionOutputs` with any of:
   - `embedding` [B, L, H]: fused with the token and segment embeddings (learned, sinusoidal);
   - `attention_bias` [B, heads, L, L]: added to the attention logits (relative, alibi);
-  - `rotary` (sin, cos) [B, L, head_dim/2]: rotates queries and keys (rotary).
+  - `rotary` (sin, cos) [B, L, head_dim/2]: rotates queries and keys (rotary); `local_rotary` is
+    the same at `local_rotary_base`, for the sliding-window layers when that base differs
+    (ModernBERT: 160k global, 10k local).
 Every encoding reads `positions` [B, L], which restart at 0 in each packed segment, and
 `segment_ids` [B, L] (0 = padding), so packed rows behave like the segments run one by one.
 
@@ -44,6 +46,7 @@ class PositionOutputs:
   embedding: jax.Array | None = None
   attention_bias: jax.Array | None = None
   rotary: tuple[jax.Array, jax.Array] | None = None
+  local_rotary: tuple[jax.Array, jax.Array] | None = None  # None: local layers use `rotary`
 
 
 REGISTRY: dict[str, type[nn.Module]] = {}
@@ -60,9 +63,11 @@ def register(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
 def check_length(config: ModelConfig, seq_len: int) -> None:
   """Fails early, with the reason, when an encoding cannot represent `seq_len` positions."""
   cls = REGISTRY[config.position_encoding]
-  if getattr(cls, "bounded_length", False) and seq_len > config.max_position_embeddings:
+  rows = seq_len + config.position_offset
+  if getattr(cls, "bounded_length", False) and rows > config.max_position_embeddings:
+    offset = f" + model.position_offset={config.position_offset}" if config.position_offset else ""
     raise ValueError(
-        f"sequence length {seq_len} exceeds model.max_position_embeddings="
+        f"sequence length {seq_len}{offset} exceeds model.max_position_embeddings="
         f"{config.max_position_embeddings}: the {config.position_encoding!r} position table cannot "
         "extrapolate; use a shorter data.seq_len or an encoding that extrapolates "
         "(sinusoidal, relative, rotary, alibi)")
@@ -70,7 +75,11 @@ def check_length(config: ModelConfig, seq_len: int) -> None:
 
 @register("learned")
 class LearnedPositions(nn.Module):
-  """BERT's learned absolute position table (Hugging Face: embeddings.position_embeddings)."""
+  """BERT's learned absolute position table (Hugging Face: embeddings.position_embeddings).
+
+  Position p reads row p + position_offset: RoBERTa's table starts past the padding index
+  (fairseq's make_positions: real tokens count from pad_token_id + 1), so its rows 0..pad_id
+  are never read."""
 
   config: ModelConfig
   bounded_length = True
@@ -83,8 +92,9 @@ class LearnedPositions(nn.Module):
         "embedding",
         nn.with_logical_partitioning(
             nn.initializers.normal(cfg.initializer_range), ("position", "embed")),
-        (cfg.max_position_embeddings, cfg.hidden_size), cfg.storage_dtype)
-    return PositionOutputs(embedding=jnp.take(table, positions, axis=0).astype(cfg.compute_dtype))
+        (cfg.max_position_embeddings, cfg.embedding_width), cfg.storage_dtype)
+    rows = positions + cfg.position_offset if cfg.position_offset else positions
+    return PositionOutputs(embedding=jnp.take(table, rows, axis=0).astype(cfg.compute_dtype))
 
 
 @register("sinusoidal")
@@ -96,7 +106,7 @@ class SinusoidalPositions(nn.Module):
   @nn.compact
   def __call__(self, positions, segment_ids) -> PositionOutputs:
     return PositionOutputs(
-        embedding=sinusoid(positions, self.config.hidden_size).astype(self.config.compute_dtype))
+        embedding=sinusoid(positions, self.config.embedding_width).astype(self.config.compute_dtype))
 
 
 def sinusoid(positions: jax.Array, dim: int) -> jax.Array:
@@ -181,23 +191,30 @@ def relative_bias(table_KxN: jax.Array, positions: jax.Array) -> jax.Array:
 
 @register("rotary")
 class RotaryPositions(nn.Module):
-  """RoPE (Su et al.): rotates each (q[2i], q[2i+1]) and (k[2i], k[2i+1]) by p * 10000^(-2i/d).
+  """RoPE (Su et al.): rotates each (q[2i], q[2i+1]) and (k[2i], k[2i+1]) by p * base^(-2i/d),
+  base = model.rotary_base (10000 by default); sliding-window layers use model.local_rotary_base
+  when it is set and differs (ModernBERT).
 
   No parameters; q . k after rotation depends on positions only through their difference.
   """
 
   config: ModelConfig
-  base: float = 10000.0
 
   @nn.compact
   def __call__(self, positions, segment_ids) -> PositionOutputs:
-    dim = self.config.head_dim
+    cfg = self.config
+    dim = cfg.head_dim
     if dim % 2:
       raise ValueError(
           f"rotary position encoding needs an even head_dim, got {dim} (hidden_size="
-          f"{self.config.hidden_size}, num_heads={self.config.num_heads})")
-    sin, cos = rotary_sin_cos(positions, dim=dim, base=self.base)
-    return PositionOutputs(rotary=(sin, cos))
+          f"{cfg.hidden_size}, num_heads={cfg.num_heads})")
+    base = float(cfg.rotary_base)
+    rotary = rotary_sin_cos(positions, dim=dim, base=base)
+    local_base = float(cfg.local_rotary_base or base)
+    local = None
+    if local_base != base and cfg.has_local_layers:
+      local = rotary_sin_cos(positions, dim=dim, base=local_base)
+    return PositionOutputs(rotary=rotary, local_rotary=local)
 
 
 @functools.partial(jax.jit, static_argnames=("dim", "base"))

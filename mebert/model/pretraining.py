@@ -49,13 +49,17 @@ def gather_positions(x_BxLxH: jax.Array, positions_BxP: jax.Array) -> jax.Array:
 
 
 class PredictionHeadTransform(nn.Module):
+  """dense (hidden -> embedding width), activation, LayerNorm: BERT's cls.predictions.transform,
+  RoBERTa's lm_head.{dense,layer_norm}, ELECTRA's generator_predictions, ModernBERT's head."""
+
   config: ModelConfig
 
   @nn.compact
   def __call__(self, x):
     cfg = self.config
-    act = "gelu" if cfg.hidden_act == "geglu" else cfg.hidden_act
-    x = activation(act)(dense(cfg, cfg.hidden_size, ("embed", "embed_out"), "dense")(x))
+    # BERT's head uses hidden_act; RoBERTa, ELECTRA and ModernBERT (and GeGLU blocks) use GELU.
+    act = cfg.hidden_act if cfg.family == "bert" and cfg.hidden_act != "geglu" else "gelu"
+    x = activation(act)(dense(cfg, cfg.embedding_width, ("embed", "embed_out"), "dense")(x))
     return layer_norm(cfg, "LayerNorm")(x)
 
 
@@ -77,7 +81,9 @@ class BertForPreTraining(nn.Module):
   """Returns {"mlm_logits": [B, P, V] (or [B, L, V] without positions), "nsp_logits": [B, 2]}.
 
   Packed rows (mebert.data.packing) pass cls_positions [B, S], the row position of each example's
-  [CLS]: the pooler and NSP head then run at each of them, and nsp_logits is [B, S, 2]."""
+  [CLS]: the pooler and NSP head then run at each of them, and nsp_logits is [B, S, 2].
+  Only BERT has the pooler and NSP head: the other families (RoBERTa, ModernBERT) pretrain with
+  the masked LM alone and return no "nsp_logits"."""
 
   config: ModelConfig
   deterministic: bool = True
@@ -86,23 +92,30 @@ class BertForPreTraining(nn.Module):
   def __call__(self, input_ids, token_type_ids=None, segment_ids=None, positions=None,
                masked_lm_positions=None, cls_positions=None):
     cfg = self.config
-    out = BertModel(cfg, self.deterministic, name="bert")(
+    nsp = cfg.family == "bert"
+    out = BertModel(cfg, self.deterministic, add_pooling_layer=nsp, name="bert")(
         input_ids, token_type_ids, segment_ids, positions, cls_positions)
     x = out.sequence_output
     if masked_lm_positions is not None:
       x = gather_positions(x, masked_lm_positions)
     heads = PreTrainingHeads(cfg, name="cls")
     mlm_logits, nsp_logits = heads(x, out.pooled_output, out.word_embeddings)
+    if not nsp:
+      return {"mlm_logits": mlm_logits}
     return {"mlm_logits": mlm_logits, "nsp_logits": nsp_logits}
 
 
 class PreTrainingHeads(nn.Module):
+  """The masked-LM head (cls/predictions) and, given a pooled vector, the NSP head."""
+
   config: ModelConfig
 
   @nn.compact
   def __call__(self, masked_hidden, pooled, word_embeddings):
     cfg = self.config
     mlm_logits = MaskedLMHead(cfg, name="predictions")(masked_hidden, word_embeddings)
+    if pooled is None:
+      return mlm_logits, None
     nsp_logits = nn.Dense(
         2, dtype=cfg.compute_dtype, param_dtype=cfg.storage_dtype, name="seq_relationship",
         kernel_init=nn.with_logical_partitioning(

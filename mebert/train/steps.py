@@ -55,9 +55,12 @@ def pretraining_sums(params, batch, model: nn.Module, rng, mlm_total, nsp_total)
 
   labels = batch["next_sentence_labels"]
   nsp_weight = (labels >= 0).astype(jnp.float32)  # -1 = no NSP/SOP label in this row
-  nsp_log_probs = jax.nn.log_softmax(out["nsp_logits"], axis=-1)
-  nsp_ce = -jnp.take_along_axis(nsp_log_probs, jnp.maximum(labels, 0)[..., None], axis=-1)[..., 0]
-  nsp_correct = (jnp.argmax(out["nsp_logits"], -1) == labels).astype(jnp.float32)
+  if "nsp_logits" in out:
+    nsp_log_probs = jax.nn.log_softmax(out["nsp_logits"], axis=-1)
+    nsp_ce = -jnp.take_along_axis(nsp_log_probs, jnp.maximum(labels, 0)[..., None], axis=-1)[..., 0]
+    nsp_correct = (jnp.argmax(out["nsp_logits"], -1) == labels).astype(jnp.float32)
+  else:  # a family without an NSP head (RoBERTa, ModernBERT): the trainer requires no labels
+    nsp_weight = nsp_ce = nsp_correct = jnp.zeros(labels.shape, jnp.float32)
 
   sums = {
       "mlm_loss": jnp.sum(mlm_ce * weights), "mlm_correct": jnp.sum(mlm_correct * weights),

@@ -24,6 +24,14 @@ VARIANTS = {
     "concat_fusion": dict(encoding_fusion="concat"),
     "no_segments": dict(use_segment_embeddings=False),
     "pre_ln_geglu_nobias": dict(pre_layer_norm=True, hidden_act="geglu", use_bias=False),
+    # ModernBERT's block with every layer local (dropout through the band); ELECTRA's narrower
+    # embeddings with RoBERTa's offset positions and single token type (no NSP head: MLM only).
+    "modernbert_local": dict(family="modernbert", pre_layer_norm=True, hidden_act="geglu",
+                             use_bias=False, layer_norm_bias=False, position_encoding="rotary",
+                             use_segment_embeddings=False, local_attention_window=6,
+                             global_attention_every=0, first_layer_attention_norm=False),
+    "roberta_factorised": dict(family="roberta", embedding_size=16, position_offset=2,
+                               type_vocab_size=1, max_position_embeddings=18),
 }
 
 
@@ -42,7 +50,7 @@ def _packed_batch(rows=8, length=16, preds=3):
 
 @pytest.mark.parametrize("name", sorted(VARIANTS))
 def test_variant_trains_on_a_2x2x2_mesh(name):
-  cfg = ModelConfig(**BASE, **VARIANTS[name])
+  cfg = ModelConfig(**{**BASE, **VARIANTS[name]})
   mesh = mesh_lib.make_mesh(config_dict.ConfigDict({"data": 2, "fsdp": 2, "tensor": 2}))
   train_cfg = pretrain_defaults().train
   train_cfg.num_steps, train_cfg.warmup_steps, train_cfg.learning_rate = 10, 0, 3e-3
