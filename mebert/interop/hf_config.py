@@ -1,8 +1,9 @@
-"""Hugging Face `config.json` (BertConfig) <-> mebert ModelConfig.
+"""Hugging Face `config.json` <-> mebert ModelConfig (BertConfig here; RobertaConfig,
+ElectraConfig and ModernBertConfig through the families in mebert.interop.hf_families).
 
 Only the architecture keys cross over; runtime choices (dtype, scan_layers, remat, attention
-backend) stay whatever the caller asks for. What Hugging Face BERT cannot express is refused on
-export, naming the key, rather than written as a model that would compute something else.
+backend) stay whatever the caller asks for. What the Hugging Face family cannot express is refused
+on export, naming the key, rather than written as a model that would compute something else.
 """
 
 from __future__ import annotations
@@ -49,10 +50,15 @@ def read_hf_config(folder: str) -> dict:
 
 
 def model_kwargs_from_hf(hf: dict, path: str = "config.json") -> dict:
-  """The ModelConfig architecture keys a BertConfig dict implies; refuses what BERT-in-mebert lacks."""
-  model_type = hf.get("model_type", "bert")
-  if model_type != "bert":
-    raise InteropError(f"{path}: model_type={model_type!r}; only 'bert' is supported")
+  """The ModelConfig architecture keys a config.json implies (by its model_type); refuses, naming
+  the key, what mebert cannot compute the same way."""
+  from mebert.interop import hf_families
+
+  return hf_families.for_model_type(hf.get("model_type", "bert"), path).kwargs_from_hf(hf, path)
+
+
+def bert_like_kwargs(hf: dict, path: str, model_type: str) -> dict:
+  """BertConfig's keys (RobertaConfig and ElectraConfig share them)."""
   missing = [k for k in _REQUIRED if k not in hf]
   if missing:
     raise InteropError(f"{path}: missing key(s) {missing}")
@@ -65,7 +71,7 @@ def model_kwargs_from_hf(hf: dict, path: str = "config.json") -> dict:
     raise InteropError(f"{path}: hidden_act={act!r} is not one of {sorted(_ACT_FROM_HF)}")
   kwargs = {ours: hf[theirs] for theirs, ours in HF_TO_MEBERT_KEYS.items() if theirs in hf}
   if kwargs.get("pad_token_id") is None:
-    kwargs["pad_token_id"] = 0
+    kwargs["pad_token_id"] = 1 if model_type in ("roberta", "xlm-roberta") else 0
   kwargs["hidden_act"] = _ACT_FROM_HF[act]
   kwargs["position_encoding"] = "learned"
   return kwargs
@@ -81,28 +87,47 @@ def model_config_from_hf(hf: dict, path: str = "config.json", **runtime) -> Mode
 
 
 def check_exportable(cfg: ModelConfig) -> None:
-  """Refuses, with the key, any ModelConfig Hugging Face's BertModel would compute differently."""
-  refusals = [
+  """Refuses, with the key, any ModelConfig the family's Hugging Face classes would compute
+  differently."""
+  from mebert.interop import hf_families
+
+  family = hf_families.family(cfg.family)
+  for key, bad, want in family.refusals(cfg):
+    if bad:
+      raise InteropError(f"cannot export to Hugging Face {family.title}: model.{key}="
+                         f"{getattr(cfg, key)!r}, {family.title} needs {want}")
+
+
+def bert_like_refusals(cfg: ModelConfig) -> list[tuple[str, bool, str]]:
+  """What BertModel-shaped encoders (BERT, RoBERTa, ELECTRA) all need."""
+  return [
       ("position_encoding", cfg.position_encoding != "learned", "'learned'"),
-      ("pre_layer_norm", cfg.pre_layer_norm, "False (BERT is post-LN)"),
+      ("pre_layer_norm", cfg.pre_layer_norm, "False (post-LN)"),
       ("hidden_act", cfg.hidden_act not in _ACT_TO_HF, f"one of {sorted(_ACT_TO_HF)}"),
       ("encoding_fusion", cfg.encoding_fusion != "sum", "'sum'"),
       ("use_bias", not cfg.use_bias, "True"),
+      ("layer_norm_bias", not cfg.layer_norm_bias, "True"),
       ("use_segment_embeddings", not cfg.use_segment_embeddings, "True"),
+      ("local_attention_window", cfg.local_attention_window != 0, "0 (global attention)"),
+      ("classifier_pooling", cfg.classifier_pooling != "cls", "'cls'"),
   ]
-  for key, bad, want in refusals:
-    if bad:
-      raise InteropError(f"cannot export to Hugging Face BERT: model.{key}="
-                         f"{getattr(cfg, key)!r}, BERT needs {want}")
+
+
+def bert_like_config(cfg: ModelConfig) -> dict:
+  out = {theirs: getattr(cfg, ours) for theirs, ours in HF_TO_MEBERT_KEYS.items()}
+  out.update(hidden_act=_ACT_TO_HF[cfg.hidden_act], position_embedding_type="absolute")
+  return out
 
 
 def hf_config_from_model(cfg: ModelConfig, architecture: str,
                          labels: list[str] | None = None) -> dict:
+  from mebert.interop import hf_families
+
   check_exportable(cfg)
-  out = {"architectures": [architecture], "model_type": "bert"}
-  out.update({theirs: getattr(cfg, ours) for theirs, ours in HF_TO_MEBERT_KEYS.items()})
-  out.update(hidden_act=_ACT_TO_HF[cfg.hidden_act], position_embedding_type="absolute",
-             tie_word_embeddings=True, dtype="float32", torch_dtype="float32")
+  family = hf_families.family(cfg.family)
+  out = {"architectures": [architecture], "model_type": family.model_types[0]}
+  out.update(family.config_to_hf(cfg))
+  out.update(tie_word_embeddings=True, dtype="float32", torch_dtype="float32")
   if labels is not None:
     out["id2label"] = {str(i): name for i, name in enumerate(labels)}
     out["label2id"] = {name: i for i, name in enumerate(labels)}
@@ -114,7 +139,10 @@ def hf_config_from_model(cfg: ModelConfig, architecture: str,
 ARCHITECTURE_KEYS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
                      "hidden_act", "max_position_embeddings", "type_vocab_size", "layer_norm_eps",
                      "position_encoding", "use_segment_embeddings", "encoding_fusion",
-                     "pre_layer_norm", "use_bias")
+                     "pre_layer_norm", "use_bias", "family", "embedding_size", "position_offset",
+                     "layer_norm_bias", "rotary_base", "local_rotary_base",
+                     "local_attention_window", "global_attention_every",
+                     "first_layer_attention_norm", "classifier_pooling")
 
 
 def check_same_architecture(model: ModelConfig, source: ModelConfig, origin: str) -> None:

@@ -1,10 +1,12 @@
 """mebert params + ModelConfig -> a folder transformers loads with from_pretrained.
 
-The architecture follows the params: a classifier makes BertForSequenceClassification or
-BertForTokenClassification (by task kind, with id2label/label2id), MLM/NSP heads make
-BertForPreTraining, a bare encoder makes BertModel. Weights go to model.safetensors under the keys
-transformers' own save_pretrained writes: the MLM decoder weight and bias are tied (to the word
-embeddings and cls.predictions.bias) and so are not stored; config.json says tie_word_embeddings.
+The Hugging Face family is model.family (BERT, RoBERTa, ELECTRA, ModernBERT); the architecture
+follows the params: a classifier makes *ForSequenceClassification or *ForTokenClassification (by
+task kind, with id2label/label2id), BERT's MLM/NSP heads make BertForPreTraining, ELECTRA's
+discriminator head ElectraForPreTraining, another family's MLM head *ForMaskedLM, a bare encoder
+*Model. Weights go to model.safetensors under the keys transformers' own save_pretrained writes:
+the MLM decoder is tied to the word embeddings and so is not stored; config.json says
+tie_word_embeddings. An ELECTRA pretraining tree exports its discriminator (the generator stays).
 """
 
 from __future__ import annotations
@@ -17,15 +19,14 @@ import shutil
 
 import numpy as np
 
-from mebert.interop import hf_names
+from mebert.interop import hf_families, hf_names
 from mebert.interop.errors import InteropError
 from mebert.interop.hf_config import check_exportable, hf_config_from_model
 from mebert.model.config import ModelConfig
 
 log = logging.getLogger(__name__)
 
-ARCHITECTURES = {"classification": "BertForSequenceClassification",
-                 "token_classification": "BertForTokenClassification"}
+TASK_KINDS = ("classification", "token_classification")
 
 
 @dataclasses.dataclass
@@ -61,45 +62,63 @@ def normalize_params(params) -> dict:
   return hf_names.unstack_layers(params) if hf_names.is_stacked(params) else params
 
 
-def _architecture(params: dict, task_kind: str | None) -> str:
+def num_classifier_outputs(classifier: dict) -> int:
+  """The classifier's output count: BERT's {kernel, bias}, or the out_proj of a two-layer head."""
+  last = classifier["out_proj"] if "out_proj" in classifier else classifier
+  return int(np.asarray(last["bias"]).shape[0])
+
+
+def export_role(family, params: dict, task_kind: str | None) -> str:
+  """Which of the family's classes the params make (see hf_families.ROLES)."""
   if "classifier" in params:
-    if task_kind not in ARCHITECTURES:
+    if task_kind not in TASK_KINDS:
       raise InteropError(f"params have a classifier but task kind is {task_kind!r}; set "
-                         f"config task.kind to one of {sorted(ARCHITECTURES)}")
-    return ARCHITECTURES[task_kind]
-  return "BertForPreTraining" if "cls" in params else "BertModel"
+                         f"config task.kind to one of {sorted(TASK_KINDS)}")
+    return task_kind
+  if family.name == "electra" and "discriminator_predictions" in params:
+    return "pretraining"
+  if "cls" in params and family.name != "electra":
+    nsp = "seq_relationship" in params["cls"]
+    return "pretraining" if family.name == "bert" and nsp else "mlm"
+  return "base"
 
 
-def _groups(params: dict, architecture: str) -> list[str]:
-  groups = ["embeddings", "layer"]
-  if architecture != "BertForTokenClassification":  # HF's token classifier has no pooler
-    groups.append("pooler")
-  if architecture == "BertForPreTraining":
-    groups += ["mlm", "nsp"]
-  if "classifier" in params:
-    groups.append("classifier")
-  return groups
+def _architecture(params: dict, task_kind: str | None, cfg: ModelConfig | None = None) -> str:
+  family = hf_families.family(cfg.family if cfg is not None else "bert")
+  return family.classes[export_role(family, params, task_kind)]
 
 
-def state_dict(params: dict, cfg: ModelConfig, architecture: str) -> dict[str, np.ndarray]:
+def _groups(params: dict, architecture: str, cfg: ModelConfig | None = None) -> list[str]:
+  family = hf_families.family(cfg.family if cfg is not None else "bert")
+  has_pooler = "pooler" in params.get("bert", {})
+  return family.groups(family.role_of(architecture), has_pooler)
+
+
+def state_dict(params: dict, cfg: ModelConfig, architecture: str,
+               task_kind: str | None = None) -> dict[str, np.ndarray]:
   """HF key -> float32 array, checking every tensor the architecture needs is there and fits."""
-  groups = _groups(params, architecture)
-  num_labels = params["classifier"]["bias"].shape[0] if "classifier" in params else None
-  out = {}
-  for entry in hf_names.entries(cfg.num_layers, num_labels=num_labels):
+  family = hf_families.family(cfg.family)
+  role = family.role_of(architecture)
+  groups = _groups(params, architecture, cfg)
+  num_labels = num_classifier_outputs(params["classifier"]) if "classifier" in params else None
+  parts: dict[str, list[tuple[int, np.ndarray]]] = {}
+  for entry in hf_names.entries(cfg, num_labels=num_labels, task_kind=task_kind):
     if entry.group not in groups:
       continue
     if not hf_names.has_path(params, entry.path):
       raise InteropError(f"params lack {'/'.join(entry.path)}, needed for {architecture} "
                          f"({entry.hf})")
-    key = entry.hf.removeprefix("bert.") if architecture == "BertModel" else entry.hf
-    out[key] = hf_names.to_hf(hf_names.get_path(params, entry.path), entry).astype(np.float32)
-  word = out["embeddings.word_embeddings.weight" if architecture == "BertModel"
-             else "bert.embeddings.word_embeddings.weight"]
-  if word.shape != (cfg.vocab_size, cfg.hidden_size):
-    raise InteropError(f"params bert/embeddings/word_embeddings/embedding has shape "
-                       f"{list(word.shape)}, model config says [{cfg.vocab_size}, {cfg.hidden_size}]")
-  return out
+    value = np.asarray(hf_names.get_path(params, entry.path))
+    if value.shape != entry.shape:
+      raise InteropError(f"params {'/'.join(entry.path)} has shape {list(value.shape)}, model "
+                         f"config says {list(entry.shape)}")
+    key = entry.hf
+    if role == "base":  # a bare base model: its keys have no prefix
+      key = key.removeprefix(family.prefix + ".")
+    index = entry.part[0] if entry.part else 0
+    parts.setdefault(key, []).append((index, hf_names.to_hf(value, entry).astype(np.float32)))
+  return {k: np.concatenate([v for _, v in sorted(p, key=lambda x: x[0])], axis=0)
+          if len(p) > 1 else p[0][1] for k, p in parts.items()}
 
 
 def write_tokenizer(folder: str, tokenizer_path: str | None, cfg: ModelConfig,
@@ -107,8 +126,6 @@ def write_tokenizer(folder: str, tokenizer_path: str | None, cfg: ModelConfig,
   """Writes the tokenizer files transformers loads (BertTokenizerFast's for WordPiece, a
   tokenizer.json for a unigram sentencepiece model); returns the tokenizer for the parity gate, or
   None when only the weights are exported."""
-  from mebert.interop.wordpiece import WordPiece
-
   if not tokenizer_path:
     report.notes.append("no tokenizer file given: only the weights are exported")
     return None
@@ -134,7 +151,9 @@ def write_tokenizer(folder: str, tokenizer_path: str | None, cfg: ModelConfig,
     report.notes.append("sentencepiece vocab written as a tokenizers tokenizer.json "
                         "(AutoTokenizer loads it as PreTrainedTokenizerFast)")
     return tokenizer
-  tokenizer = WordPiece.from_file(tokenizer_path, lowercase=lowercase)
+  from mebert.interop.hf_tokenizer import load_folder_tokenizer
+
+  tokenizer = load_folder_tokenizer(tokenizer_path, lowercase=lowercase)
   if tokenizer.vocab_size > cfg.vocab_size:
     raise InteropError(f"{tokenizer_path}: {tokenizer.vocab_size} tokens but the model's "
                        f"vocab_size is {cfg.vocab_size}")
@@ -151,10 +170,10 @@ def export_hf(params, cfg: ModelConfig, folder: str, *, labels: list[str] | None
   check_exportable(cfg)
   params = normalize_params(params)
   cfg = cfg.replace(scan_layers=False)
-  architecture = _architecture(params, task_kind)
-  tensors = state_dict(params, cfg, architecture)
+  architecture = _architecture(params, task_kind, cfg)
+  tensors = state_dict(params, cfg, architecture, task_kind)
   if "classifier" in params:
-    num_labels = params["classifier"]["bias"].shape[0]
+    num_labels = num_classifier_outputs(params["classifier"])
     labels = list(labels) if labels else [f"LABEL_{i}" for i in range(num_labels)]
     if len(labels) != num_labels:
       raise InteropError(f"{len(labels)} label names for a classifier with {num_labels} outputs")
@@ -170,7 +189,7 @@ def export_hf(params, cfg: ModelConfig, folder: str, *, labels: list[str] | None
     from mebert.interop import parity as parity_lib
 
     report.parity = parity_lib.run_gate(
-        folder, cfg, params, groups=_groups(params, architecture), task_kind=task_kind,
+        folder, cfg, params, groups=_groups(params, architecture, cfg), task_kind=task_kind,
         tokenizer=tokenizer, where=f"export {os.path.basename(os.path.normpath(folder))}")
     if report.parity is None:
       report.notes.append("parity gate skipped: torch/transformers not importable")

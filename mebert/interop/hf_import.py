@@ -1,11 +1,14 @@
-"""A Hugging Face BERT folder -> (ModelConfig, mebert params, ImportReport).
+"""A Hugging Face BERT, RoBERTa/XLM-R, ELECTRA or ModernBERT folder -> (ModelConfig, mebert
+params, ImportReport).
 
 The encoder (embeddings and every layer) must be in the folder, whole and with the shapes its
-config.json implies; the optional parts (pooler, MLM head, NSP head, classifier) are taken when
-present and otherwise initialised with mebert's own init and listed in the report, since e.g.
-sentence-transformers' MiniLM ships a bare BertModel. Returned params are the BertForPreTraining
-tree {"bert", "cls"} plus {"classifier"} when the folder has one; with scan_layers=True the layers
-are stacked into bert/encoder/layer, as the scanned model expects.
+config.json implies; the optional parts (pooler, MLM head, NSP head, ELECTRA's discriminator head,
+classifier) are taken when present. For BERT the absent pooler and pretraining heads are
+initialised with mebert's own init and listed in the report, since e.g. sentence-transformers'
+MiniLM ships a bare BertModel; the other families return what the folder holds (a run that needs
+more initialises it itself). Returned params are the pretraining tree {"bert", "cls", ...} plus
+{"classifier"} when the folder has one; with scan_layers=True the layers are stacked into
+bert/encoder/layer, as the scanned model expects.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import os
 
 import numpy as np
 
-from mebert.interop import hf_names
+from mebert.interop import hf_families, hf_names
 from mebert.interop.errors import InteropError
 from mebert.interop.hf_config import model_config_from_hf, read_hf_config
 from mebert.interop.hf_weights import open_weights
@@ -58,8 +61,8 @@ class ImportReport:
     return "\n".join(lines)
 
 
-def _resolve_key(weights, canonical: str) -> str | None:
-  for name in hf_names.hf_aliases(canonical):
+def _resolve_key(weights, canonical: str, prefix: str = "bert") -> str | None:
+  for name in hf_names.hf_aliases(canonical, prefix):
     if name in weights:
       return name
   return None
@@ -82,35 +85,17 @@ def _mebert_init(cfg: ModelConfig, groups: set[str], seed: int) -> dict:
     if "pooler" in groups:
       params["bert"] = {"pooler": Pooler(cfg).init(key_pooler, h[:, None])["params"]}
     if groups & {"mlm", "nsp"}:
-      table = jnp.zeros((cfg.vocab_size, cfg.hidden_size), cfg.compute_dtype)
+      table = jnp.zeros((cfg.vocab_size, cfg.embedding_width), cfg.compute_dtype)
       params["cls"] = PreTrainingHeads(cfg).init(key_heads, h[:, None], h, table)["params"]
     return nn.unbox(params)
 
   return jax.tree.map(np.asarray, jax.jit(init)(jax.random.PRNGKey(seed)))
 
 
-def _expected_shapes(cfg: ModelConfig, num_labels: int | None) -> dict[tuple[str, ...], tuple]:
-  """mebert shapes per path, from the config alone (no init): the shape check on import."""
-  h, i, v = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
-  shapes = {}
-  for e in hf_names.entries(cfg.num_layers, num_labels=num_labels):
-    leaf, parent = e.path[-1], e.path[-2]
-    if leaf == "embedding":
-      rows = {"word_embeddings": v, "position_embeddings": cfg.max_position_embeddings,
-              "token_type_embeddings": cfg.type_vocab_size}[parent]
-      shapes[e.path] = (rows, h)
-    elif e.path == ("cls", "predictions", "bias"):
-      shapes[e.path] = (v,)
-    elif e.path[0] == "classifier" or e.path[:2] == ("cls", "seq_relationship"):
-      out = num_labels if e.path[0] == "classifier" else 2
-      shapes[e.path] = (h, out) if leaf == "kernel" else (out,)
-    elif parent == "dense" and e.path[-3] == "intermediate":
-      shapes[e.path] = (h, i) if leaf == "kernel" else (i,)
-    elif parent == "dense" and e.path[-3] == "output" and e.path[-4].startswith("layer_"):
-      shapes[e.path] = (i, h) if leaf == "kernel" else (h,)
-    else:
-      shapes[e.path] = (h, h) if leaf == "kernel" else (h,)
-  return shapes
+def _expected_shapes(cfg: ModelConfig, num_labels: int | None,
+                     task_kind: str | None = None) -> dict[tuple[str, ...], tuple]:
+  """mebert shapes per path, from the config alone (no init)."""
+  return {e.path: e.shape for e in hf_names.entries(cfg, num_labels=num_labels, task_kind=task_kind)}
 
 
 def _labels(hf_cfg: dict, num_labels: int) -> list[str]:
@@ -128,26 +113,38 @@ def read_model_config(folder: str, **runtime) -> tuple[dict, ModelConfig]:
   return hf_cfg, cfg
 
 
+def _role(family, architecture: str, has_classifier: bool) -> str:
+  try:
+    return family.role_of(architecture)
+  except InteropError:  # e.g. a QuestionAnswering head: the encoder (and a classifier) still load
+    return "classification" if has_classifier else "base"
+
+
 def load_hf_bert(folder: str, *, scan_layers: bool = False, allow_pickle: bool = False,
                  parity: bool = True, heads: bool = True, seed: int = 0,
                  **runtime) -> tuple[ModelConfig, dict, ImportReport]:
-  """Reads a Hugging Face BERT folder; see the module doc. `runtime` are further ModelConfig keys
-  (dtype, attention_backend, remat_policy, ...). heads=False returns only what the folder has
-  (no initialised MLM/NSP heads; for encoding only). Raises InteropError naming the file and tensor
-  for anything unusable; runs the parity gate (mebert.interop.parity) unless parity=False."""
+  """Reads a Hugging Face folder of any supported family (config.json's model_type); see the
+  module doc. `runtime` are further ModelConfig keys (dtype, attention_backend, remat_policy, ...).
+  heads=False returns only what the folder has (no initialised BERT heads; for encoding only).
+  Raises InteropError naming the file and tensor for anything unusable; runs the parity gate
+  (mebert.interop.parity) unless parity=False."""
   hf_cfg, cfg = read_model_config(folder, **runtime)
+  family = hf_families.family(cfg.family)
   weights = open_weights(folder, allow_pickle=allow_pickle)
   files = sorted(set(weights.files.values()))
-  label_key = _resolve_key(weights, "classifier.weight")
+  label_key = (_resolve_key(weights, "classifier.out_proj.weight", family.prefix)
+               or _resolve_key(weights, "classifier.weight", family.prefix))
   num_labels = weights.shapes[label_key][0] if label_key else None
-  architecture = (hf_cfg.get("architectures") or ["BertModel"])[0]
+  architecture = (hf_cfg.get("architectures") or [family.classes["base"]])[0]
+  role = _role(family, architecture, num_labels is not None)
+  task_kind = hf_families.task_kind_of(role) or ("classification" if num_labels else None)
   report = ImportReport(folder=folder, architecture=architecture, weight_files=files)
   report.tokenizer = _check_tokenizer(folder, cfg, report)
-  expected = _expected_shapes(cfg, num_labels)
 
   by_group: dict[str, list[tuple[hf_names.Entry, str | None]]] = {}
-  for entry in hf_names.entries(cfg.num_layers, num_labels=num_labels):
-    by_group.setdefault(entry.group, []).append((entry, _resolve_key(weights, entry.hf)))
+  for entry in hf_names.entries(cfg, num_labels=num_labels, task_kind=task_kind):
+    by_group.setdefault(entry.group, []).append(
+        (entry, _resolve_key(weights, entry.hf, family.prefix)))
   flat, used, to_init, init_groups = {}, set(), [], set()
   for group, found in by_group.items():
     absent = [e for e, key in found if key is None]
@@ -156,7 +153,7 @@ def load_hf_bert(folder: str, *, scan_layers: bool = False, allow_pickle: bool =
       where = files[0] if len(files) == 1 else f"{folder} ({len(files)} weight files)"
       raise InteropError(f"{where}: tensor {absent[0].hf} missing (needed for mebert "
                          f"{'/'.join(absent[0].path)})")
-    if absent and not heads and group in ("mlm", "nsp"):
+    if absent and (cfg.family != "bert" or (not heads and group in ("mlm", "nsp"))):
       continue
     if absent:
       to_init += [e.path for e in absent]
@@ -164,24 +161,25 @@ def load_hf_bert(folder: str, *, scan_layers: bool = False, allow_pickle: bool =
       continue
     report.groups.append(group)
     for entry, key in found:
-      want = hf_names.hf_shape(expected[entry.path], entry)
+      want = hf_names.hf_shape(entry)
       got = weights.shapes[key]
       if tuple(got) != want:
         raise InteropError(f"{weights.file_of(key)}: tensor {key} has shape {list(got)}, expected "
                            f"{list(want)} from config.json")
       flat[entry.path] = hf_names.from_hf(weights.get(key), entry).astype(cfg.storage_dtype)
       used.add(key)
-  _check_tied_decoder(weights, flat, used, files)
+  flat.update({p: v.astype(cfg.storage_dtype) for p, v in family.extra_params(cfg).items()})
+  _check_tied(family, weights, flat, used)
   if to_init:
     init = hf_names.flatten(_mebert_init(cfg, init_groups, seed))
     for path in to_init:
       flat[path] = init[path]
     report.missing = ["/".join(p) for p in to_init]
   report.loaded = sorted(used)
-  report.unused = sorted(k for k in weights.keys() if k not in used and k not in hf_names.BUFFERS)
+  report.unused = sorted(k for k in weights.keys() if k not in used and not hf_names.is_buffer(k))
   if num_labels:
     report.labels = _labels(hf_cfg, num_labels)
-    report.task_kind = TASK_KINDS.get(architecture, "classification")
+    report.task_kind = task_kind
   params = hf_names.unflatten(flat)
   if parity:
     from mebert.interop import parity as parity_lib
@@ -196,13 +194,14 @@ def load_hf_bert(folder: str, *, scan_layers: bool = False, allow_pickle: bool =
 
 
 def _check_tokenizer(folder: str, cfg: ModelConfig, report: ImportReport) -> str | None:
-  """The folder's tokenizer file, after checking it is a BERT WordPiece that fits the embedding."""
-  from mebert.interop.wordpiece import WordPiece
+  """The folder's tokenizer file, after checking it loads (a WordPiece with BERT's specials, or
+  any tokenizer.json with its family's) and fits the embedding."""
+  from mebert.interop.hf_tokenizer import load_folder_tokenizer
 
   for name in ("tokenizer.json", "vocab.txt"):
     path = os.path.join(folder, name)
     if os.path.isfile(path):
-      tokenizer = WordPiece.from_file(path)  # raises InteropError for e.g. a vocab without [MASK]
+      tokenizer = load_folder_tokenizer(path)  # InteropError for e.g. a vocab without [MASK]
       if tokenizer.vocab_size > cfg.vocab_size:
         raise InteropError(f"{path}: {tokenizer.vocab_size} tokens but config.json has "
                            f"vocab_size={cfg.vocab_size}")
@@ -211,11 +210,10 @@ def _check_tokenizer(folder: str, cfg: ModelConfig, report: ImportReport) -> str
   return None
 
 
-def _check_tied_decoder(weights, flat, used, files) -> None:
-  """mebert ties the MLM decoder to the word embeddings; an untied one cannot be represented."""
-  for key, path in ((hf_names.TIED_DECODER_WEIGHT, ("bert", "embeddings", "word_embeddings",
-                                                    "embedding")),
-                    (hf_names.TIED_DECODER_BIAS, ("cls", "predictions", "bias"))):
+def _check_tied(family, weights, flat, used) -> None:
+  """mebert ties the MLM decoder to the word embeddings (and its bias to the head's); an untied
+  one cannot be represented."""
+  for key, path in family.tied:
     if key not in weights:
       continue
     if path not in flat:

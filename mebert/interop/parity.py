@@ -3,7 +3,8 @@
 Every import and export calls this when torch and transformers are importable (otherwise it logs that
 it skipped). Both sides run in float32 on a padded batch of varied lengths with a sentence pair, and
 every output the converted weights determine is compared at real (non-padding) positions: the last
-hidden state, and the pooler, MLM, NSP and classifier logits when the weights hold them. mebert
+hidden state, and the pooler, MLM, NSP, ELECTRA discriminator and classifier logits when the
+weights hold them, for every family (BERT, RoBERTa/XLM-R, ELECTRA, ModernBERT). mebert
 runs with scanned layers (params stacked here), so the gate also checks the scan layout. Padding
 rows are excluded because the two implementations need not agree there (mebert lets a padding
 query attend to nothing; transformers lets it attend to the real keys), and nothing reads them.
@@ -48,8 +49,9 @@ def torch_available() -> bool:
   return True
 
 
-def parity_batch(tokenizer, vocab_size: int) -> dict[str, np.ndarray]:
-  """input_ids / token_type_ids / attention_mask for SENTENCES; synthetic ids without a tokenizer."""
+def parity_batch(tokenizer, vocab_size: int, pad_id: int = 0) -> dict[str, np.ndarray]:
+  """input_ids / token_type_ids / attention_mask for SENTENCES; synthetic ids without a tokenizer
+  (never `pad_id`: RoBERTa derives its position ids from where the padding id is)."""
   if tokenizer is not None:
     singles = [t for t, p in SENTENCES if p is None]
     pairs = [(t, p) for t, p in SENTENCES if p is not None]
@@ -60,13 +62,16 @@ def parity_batch(tokenizer, vocab_size: int) -> dict[str, np.ndarray]:
   else:  # deterministic ids in range; the same shape of batch (lengths, one pair)
     rng = np.random.default_rng(0)
     lengths = [26, 6, 12, 18, 16, 22]
-    rows = {"input_ids": [list(rng.integers(1, vocab_size, n)) for n in lengths],
+    draw = lambda n: [int(i) + (i >= pad_id) for i in rng.integers(0, vocab_size - 1, n)]
+    rows = {"input_ids": [draw(n) for n in lengths],
             "token_type_ids": [[0] * n for n in lengths[:-1]] + [[0] * 10 + [1] * 12],
             "attention_mask": [[1] * n for n in lengths]}
+  if tokenizer is not None:
+    pad_id = tokenizer.pad_id
   width = max(len(r) for r in rows["input_ids"])
   out = {}
   for key, values in rows.items():
-    arr = np.zeros((len(values), width), np.int32)
+    arr = np.full((len(values), width), pad_id if key == "input_ids" else 0, np.int32)
     for i, row in enumerate(values):
       arr[i, :len(row)] = row
     out[key] = arr
@@ -74,23 +79,43 @@ def parity_batch(tokenizer, vocab_size: int) -> dict[str, np.ndarray]:
 
 
 @functools.lru_cache(maxsize=8)
-def _forward(cfg32: ModelConfig, task_kind: str | None, heads: bool, classifier: bool):
-  """The jitted mebert forward, cached: an import and the export that follows share one compile."""
+def _forward(cfg32: ModelConfig, task_kind: str | None, parts: frozenset):
+  """The jitted mebert forward, cached: an import and the export that follows share one compile.
+  parts: which of "pooler", "cls", "nsp", "rtd", "classifier" the params hold."""
   import jax
 
+  from mebert.model.electra import DiscriminatorHead
   from mebert.model.encoder import BertModel
+  from mebert.model.heads import FamilyClassifierHead
   from mebert.model.pretraining import PreTrainingHeads
 
+  pooled = "pooler" in parts
+
   def forward(params, ids, types, mask):
-    enc = BertModel(cfg32).apply({"params": params["bert"]}, ids, types, mask)
-    out = {"last_hidden_state": enc.sequence_output, "pooler_output": enc.pooled_output}
-    if heads:
-      out["mlm_logits"], out["nsp_logits"] = PreTrainingHeads(cfg32).apply(
-          {"params": params["cls"]}, enc.sequence_output, enc.pooled_output, enc.word_embeddings)
-    if classifier:
-      k, b = params["classifier"]["kernel"], params["classifier"]["bias"]
-      x = enc.sequence_output if task_kind == "token_classification" else enc.pooled_output
-      out["classifier_logits"] = x @ k + b
+    enc = BertModel(cfg32, add_pooling_layer=pooled).apply({"params": params["bert"]}, ids, types,
+                                                           mask)
+    out = {"last_hidden_state": enc.sequence_output}
+    if pooled:
+      out["pooler_output"] = enc.pooled_output
+    if "cls" in parts:
+      nsp_input = enc.pooled_output if "nsp" in parts and pooled else None
+      out["mlm_logits"], nsp = PreTrainingHeads(cfg32).apply(
+          {"params": params["cls"]}, enc.sequence_output, nsp_input, enc.word_embeddings)
+      if nsp is not None:
+        out["nsp_logits"] = nsp
+    if "rtd" in parts:
+      out["rtd_logits"] = DiscriminatorHead(cfg32).apply(
+          {"params": params["discriminator_predictions"]}, enc.sequence_output)
+    if "classifier" in parts:
+      kind = task_kind or "classification"
+      if cfg32.family == "bert":
+        k, b = params["classifier"]["kernel"], params["classifier"]["bias"]
+        x = enc.sequence_output if kind == "token_classification" else enc.pooled_output
+        out["classifier_logits"] = x @ k + b
+      else:
+        n = params["classifier"].get("out_proj", params["classifier"])["bias"].shape[0]
+        out["classifier_logits"] = FamilyClassifierHead(cfg32, kind, n, 0.0).apply(
+            {"params": params["classifier"]}, enc, mask)
     return out
 
   return jax.jit(forward)
@@ -103,17 +128,25 @@ def mebert_outputs(cfg: ModelConfig, params: dict, batch: dict, *, task_kind: st
   # Scanned layers: one compiled layer body, so the gate compiles fast even for deep models.
   cfg32 = cfg.replace(dtype="float32", param_dtype="float32", attention_backend="xla",
                       remat_policy="none", scan_layers=True)
-  params = {k: v for k, v in params.items() if k in ("bert", "cls", "classifier")}
+  params = {k: v for k, v in params.items()
+            if k in ("bert", "cls", "classifier", "discriminator_predictions")}
   params = jax.tree.map(lambda x: np.asarray(x, np.float32), params)
   if not hf_names.is_stacked(params):
     params = hf_names.stack_layers(params, cfg.num_layers)
-  forward = _forward(cfg32, task_kind, "cls" in params, "classifier" in params)
+  parts = {"cls", "classifier"} & set(params)
+  if "pooler" in params["bert"]:
+    parts.add("pooler")
+  if "cls" in params and "seq_relationship" in params["cls"]:
+    parts.add("nsp")
+  if "discriminator_predictions" in params:
+    parts.add("rtd")
+  forward = _forward(cfg32, task_kind, frozenset(parts))
   with jax.default_matmul_precision("highest"):
     out = forward(params, batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
   return jax.tree.map(np.asarray, out)
 
 
-def hf_outputs(folder: str, architecture: str, batch: dict) -> dict:
+def hf_outputs(folder: str, architecture: str, batch: dict, prefix: str = "bert") -> dict:
   """The same outputs from transformers, loading `folder` as `architecture` (eager attention)."""
   import torch
   import transformers
@@ -127,18 +160,24 @@ def hf_outputs(folder: str, architecture: str, batch: dict) -> dict:
     transformers.logging.set_verbosity(verbosity)
   model.eval()
   inputs = {k: torch.from_numpy(np.asarray(v, np.int64)) for k, v in batch.items()}
+  if architecture.startswith("ModernBert"):  # no token types
+    inputs.pop("token_type_ids")
   out = {}
   with torch.no_grad():
-    base = getattr(model, "bert", model)
+    base = getattr(model, prefix, model)
     enc = base(**inputs)
     out["last_hidden_state"] = enc.last_hidden_state.numpy()
-    if enc.pooler_output is not None:
+    if getattr(enc, "pooler_output", None) is not None:
       out["pooler_output"] = enc.pooler_output.numpy()
     if base is not model:
       full = model(**inputs)
       if architecture == "BertForPreTraining":
         out["mlm_logits"] = full.prediction_logits.numpy()
         out["nsp_logits"] = full.seq_relationship_logits.numpy()
+      elif architecture == "ElectraForPreTraining":
+        out["rtd_logits"] = full.logits.numpy()
+      elif architecture.endswith("ForMaskedLM"):
+        out["mlm_logits"] = full.logits.numpy()
       else:
         out["classifier_logits"] = full.logits.numpy()
   return out
@@ -164,22 +203,28 @@ def compare(ours: dict, theirs: dict, mask: np.ndarray, names: list[str], *, whe
   return diffs
 
 
-def _hf_architecture(groups: list[str], task_kind: str | None) -> str:
+def _role(groups: list[str], task_kind: str | None, family) -> str:
   if "classifier" in groups:
-    return ("BertForTokenClassification" if task_kind == "token_classification"
-            else "BertForSequenceClassification")
-  return "BertForPreTraining" if ("mlm" in groups or "nsp" in groups) else "BertModel"
+    return task_kind if task_kind == "token_classification" else "classification"
+  if "rtd" in groups:
+    return "pretraining"
+  if "mlm" in groups:
+    return "pretraining" if "nsp" in groups and family.name == "bert" else "mlm"
+  return "base"
 
 
-def _names(groups: list[str], architecture: str) -> list[str]:
+def _names(groups: list[str], role: str, family) -> list[str]:
   names = ["last_hidden_state"]
-  if "pooler" in groups and architecture != "BertForTokenClassification":
+  if "pooler" in groups and role != "token_classification":
     names.append("pooler_output")
   if "mlm" in groups:
     names.append("mlm_logits")
   if "nsp" in groups and "pooler" in groups:
     names.append("nsp_logits")
-  if "classifier" in groups and (architecture == "BertForTokenClassification" or "pooler" in groups):
+  if "rtd" in groups:
+    names.append("rtd_logits")
+  needs_pooler = family.name == "bert" and role == "classification"
+  if "classifier" in groups and (not needs_pooler or "pooler" in groups):
     names.append("classifier_logits")
   return names
 
@@ -188,14 +233,22 @@ def run_gate(folder: str, cfg: ModelConfig, params: dict, *, groups: list[str],
              task_kind: str | None, tokenizer, where: str) -> dict[str, float] | None:
   """Loads `folder` with transformers, runs both models, returns {output: max abs diff}; raises
   InteropError above the tolerance; None (and a log line) when torch is not importable."""
+  from mebert.interop import hf_config, hf_families
+
   if not torch_available():
     log.info("parity gate (%s) skipped: torch/transformers not importable", where)
     return None
-  architecture = _hf_architecture(groups, task_kind)
-  batch = parity_batch(tokenizer, cfg.vocab_size)
-  theirs = hf_outputs(folder, architecture, batch)
+  family = hf_families.family(cfg.family)
+  role = _role(groups, task_kind, family)
+  architecture = family.classes[role]
+  if hf_config.read_hf_config(folder).get("model_type") == "xlm-roberta":
+    architecture = architecture.replace("Roberta", "XLMRoberta")
+  batch = parity_batch(tokenizer, cfg.vocab_size, cfg.pad_token_id)
+  if not cfg.use_segment_embeddings or cfg.type_vocab_size == 1:
+    batch["token_type_ids"] = np.zeros_like(batch["token_type_ids"])
+  theirs = hf_outputs(folder, architecture, batch, family.prefix)
   ours = mebert_outputs(cfg, params, batch, task_kind=task_kind)
-  names = [n for n in _names(groups, architecture) if n in theirs]
+  names = [n for n in _names(groups, role, family) if n in theirs]
   diffs = compare(ours, theirs, batch["attention_mask"], names, where=where)
   log.info("parity gate (%s): %s", where, ", ".join(f"{k}={v:.2e}" for k, v in diffs.items()))
   return diffs
@@ -204,10 +257,10 @@ def run_gate(folder: str, cfg: ModelConfig, params: dict, *, groups: list[str],
 def check_against_folder(folder: str, cfg: ModelConfig, params: dict, report,
                          allow_pickle: bool = False) -> dict[str, float] | None:
   """Import side: the folder as transformers reads it vs the params mebert made of it."""
-  from mebert.interop.wordpiece import WordPiece
+  from mebert.interop.hf_tokenizer import load_folder_tokenizer
 
   del allow_pickle  # transformers reads a .bin with torch.load(weights_only=True) itself
-  tokenizer = WordPiece.from_file(report.tokenizer) if report.tokenizer else None
+  tokenizer = load_folder_tokenizer(report.tokenizer) if report.tokenizer else None
   where = f"import {os.path.basename(os.path.normpath(folder))}"
   return run_gate(folder, cfg, params, groups=report.groups, task_kind=report.task_kind,
                   tokenizer=tokenizer, where=where)

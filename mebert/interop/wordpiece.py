@@ -52,20 +52,23 @@ def _tokenizer_config(folder: str) -> dict:
 
 
 class FastTokenizer:
-  """A `tokenizers.Tokenizer` with BERT's five specials and a [CLS] A [SEP] (B [SEP]) template;
-  `encode` mirrors transformers' fast-tokenizer __call__ (see module doc)."""
+  """A `tokenizers.Tokenizer` with five specials (pad, unk, cls, sep, mask: BERT's [PAD] [UNK]
+  [CLS] [SEP] [MASK] by default) and the post-processor it carries ([CLS] A [SEP] (B [SEP]) for
+  BERT); `encode` mirrors transformers' fast-tokenizer __call__ (see module doc)."""
 
-  def __init__(self, tokenizer, path: str, lowercase: bool):
+  def __init__(self, tokenizer, path: str, lowercase: bool,
+               specials: Sequence[str] = SPECIAL_TOKENS, family: str = "BERT"):
     self.tokenizer = tokenizer
     self.path = path
     self.lowercase = lowercase
+    self.specials = tuple(specials)
     vocab = tokenizer.get_vocab(with_added_tokens=True)
-    for token in SPECIAL_TOKENS:
+    for token in self.specials:
       if token not in vocab:
-        raise InteropError(f"{path}: vocabulary has no {token} token (BERT needs "
-                           f"{' '.join(SPECIAL_TOKENS)})")
+        raise InteropError(f"{path}: vocabulary has no {token} token ({family} needs "
+                           f"{' '.join(self.specials)})")
     self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id = (
-        vocab[t] for t in SPECIAL_TOKENS)
+        vocab[t] for t in self.specials)
     self.vocab_size = max(vocab.values()) + 1
 
   def encode(self, texts: Sequence, pairs: Sequence | None = None, *,

@@ -4,6 +4,9 @@ BertForTokenClassification, so mebert.interop exports a fine-tuned workdir as ei
 
 Sequence tasks read the pooled [CLS] vector (tanh pooler), token tasks every position; dropout sits
 before the classifier. Regression is a sequence head with one output. Logits come back in float32.
+The other families (model.family) carry their own heads under "classifier", with their Hugging Face
+layouts (mebert.model.heads): RoBERTa's and ELECTRA's dense+out_proj on the first token,
+ModernBERT's dense+gelu+LayerNorm before the output layer.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import jax.numpy as jnp
 
 from mebert.model.config import ModelConfig
 from mebert.model.encoder import BertModel
+from mebert.model.heads import FamilyClassifierHead
 
 
 class BertForTask(nn.Module):
@@ -30,11 +34,20 @@ class BertForTask(nn.Module):
                cls_positions=None):
     cfg = self.config
     token_task = self.kind == "token_classification"
+    rate = cfg.dropout_rate if self.classifier_dropout < 0 else self.classifier_dropout
+    if cfg.family != "bert":
+      if segment_ids is None:
+        segment_ids = (input_ids != cfg.pad_token_id).astype(jnp.int32)
+      mean = cfg.classifier_pooling == "mean" and not token_task
+      out = BertModel(cfg, self.deterministic, add_pooling_layer=False, name="bert")(
+          input_ids, token_type_ids, segment_ids, positions=positions, cls_positions=cls_positions,
+          pooled_only=not token_task and not mean)
+      return FamilyClassifierHead(cfg, self.kind, self.num_outputs, rate, self.deterministic,
+                                  name="classifier")(out, segment_ids, cls_positions)
     out = BertModel(cfg, self.deterministic, name="bert")(
         input_ids, token_type_ids, segment_ids, positions=positions, cls_positions=cls_positions,
         pooled_only=not token_task)
     x = out.sequence_output if token_task else out.pooled_output
-    rate = cfg.dropout_rate if self.classifier_dropout < 0 else self.classifier_dropout
     x = nn.Dropout(rate, deterministic=self.deterministic)(x)
     logits = nn.Dense(
         self.num_outputs, dtype=cfg.compute_dtype, param_dtype=cfg.storage_dtype,
