@@ -121,8 +121,11 @@ def _forward(cfg32: ModelConfig, task_kind: str | None, parts: frozenset):
   return jax.jit(forward)
 
 
-def mebert_outputs(cfg: ModelConfig, params: dict, batch: dict, *, task_kind: str | None) -> dict:
-  """The outputs the params determine, computed by mebert in float32 at full matmul precision."""
+def mebert_outputs(cfg: ModelConfig, params: dict, batch: dict, *, task_kind: str | None,
+                   groups: list[str] | None = None) -> dict:
+  """The outputs the params determine (of `groups` only, when given: an ELECTRA pretraining tree
+  exports its discriminator, not the generator's head), computed by mebert in float32 at full
+  matmul precision."""
   import jax
 
   # Scanned layers: one compiled layer body, so the gate compiles fast even for deep models.
@@ -140,6 +143,8 @@ def mebert_outputs(cfg: ModelConfig, params: dict, batch: dict, *, task_kind: st
     parts.add("nsp")
   if "discriminator_predictions" in params:
     parts.add("rtd")
+  if groups is not None:
+    parts &= {{"mlm": "cls"}.get(g, g) for g in groups}
   forward = _forward(cfg32, task_kind, frozenset(parts))
   with jax.default_matmul_precision("highest"):
     out = forward(params, batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
@@ -247,7 +252,7 @@ def run_gate(folder: str, cfg: ModelConfig, params: dict, *, groups: list[str],
   if not cfg.use_segment_embeddings or cfg.type_vocab_size == 1:
     batch["token_type_ids"] = np.zeros_like(batch["token_type_ids"])
   theirs = hf_outputs(folder, architecture, batch, family.prefix)
-  ours = mebert_outputs(cfg, params, batch, task_kind=task_kind)
+  ours = mebert_outputs(cfg, params, batch, task_kind=task_kind, groups=groups)
   names = [n for n in _names(groups, role, family) if n in theirs]
   diffs = compare(ours, theirs, batch["attention_mask"], names, where=where)
   log.info("parity gate (%s): %s", where, ", ".join(f"{k}={v:.2e}" for k, v in diffs.items()))

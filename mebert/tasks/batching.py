@@ -2,6 +2,7 @@
 
 Encoding: [CLS] A [SEP] (B [SEP]) with BERT's type ids and `longest_first` truncation to
 data.seq_len; WordPiece goes through mebert.interop.wordpiece (BertTokenizerFast parity, word ids),
+another family's tokenizer.json through mebert.interop.hf_tokenizer (its own template),
 a mebert sentencepiece model through a small equivalent. Token tasks put each word's tag on its
 first piece and -1 (ignored) on the rest; the word ids map predictions back to words.
 
@@ -41,10 +42,12 @@ class TaskTokenizer:
       self._wp = None
       ids = self._spm
     else:
-      from mebert.interop.wordpiece import WordPiece
+      from mebert.interop.hf_tokenizer import load_folder_tokenizer
 
+      # A tokenizer.json of another family (RoBERTa's byte-level BPE, XLM-R's unigram) encodes
+      # with its own specials and template (<s> A </s></s> B </s>).
       self._spm = None
-      self._wp = WordPiece.from_file(path, lowercase=None if path.endswith(".json") else lowercase)
+      self._wp = load_folder_tokenizer(path, lowercase=None if path.endswith(".json") else lowercase)
       ids = self._wp
     self.pad_id, self.cls_id, self.sep_id = ids.pad_id, ids.cls_id, ids.sep_id
     self.vocab_size = ids.vocab_size

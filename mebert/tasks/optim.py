@@ -24,7 +24,7 @@ from mebert.train import optimizer as base_optimizer
 
 def _depth(path, num_layers: int):
   names = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
-  if "embeddings" in names:
+  if "embeddings" in names or "embeddings_project" in names:  # ELECTRA's projection: embeddings
     return 0
   for n in names:
     if n.startswith("layer_") and n[6:].isdigit():

@@ -9,6 +9,7 @@ import dataclasses
 from ml_collections import config_dict
 
 from mebert.model.config import ModelConfig
+from mebert.model.electra import ElectraConfig
 
 
 def model_defaults(**overrides) -> config_dict.ConfigDict:
@@ -31,6 +32,7 @@ def pretrain_defaults() -> config_dict.ConfigDict:
   c.train.batch_size = 256  # global, over all processes; split over the data and fsdp mesh axes
   c.train.num_steps = 1_000_000
   c.train.grad_accum_steps = 1  # micro-batches per update: same update, less activation memory
+  c.train.objective = "mlm"  # "mlm" (BERT's MLM, + NSP/SOP per data.next_sentence) or "electra"
   c.train.optimizer = "adamw"  # or "lamb" for very large batches
   c.train.learning_rate = 1e-4
   c.train.warmup_steps = 10_000
@@ -51,6 +53,9 @@ def pretrain_defaults() -> config_dict.ConfigDict:
   # Debug: a device-to-host read between log steps (a stray float(loss)) raises instead of quietly
   # making every step wait for the devices (mebert/train/host_sync.py).
   c.train.guard_host_sync = False
+
+  # ELECTRA's settings (train.objective="electra"; mebert.model.electra.ElectraConfig).
+  c.electra = config_dict.ConfigDict(dataclasses.asdict(ElectraConfig()))
 
   c.checkpoint = config_dict.ConfigDict()
   c.checkpoint.every_steps = 1000

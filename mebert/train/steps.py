@@ -203,4 +203,10 @@ def summarize(sums: dict) -> dict:
       out[key] = float(sums[key]) / steps
   if "nonfinite_in_row" in sums:
     out["nonfinite_in_row"] = int(sums["nonfinite_in_row"])
+  if "rtd_count" in sums:  # ELECTRA's discriminator (mebert.train.electra_steps)
+    count = max(float(sums["rtd_count"]), 1.0)
+    out["rtd_loss"] = float(sums["rtd_loss"]) / count
+    out["rtd_accuracy"] = float(sums["rtd_correct"]) / count
+    out["rtd_replaced_fraction"] = float(sums["rtd_replaced"]) / count
+    out["rtd_replaced_recall"] = float(sums["rtd_replaced_found"]) / max(float(sums["rtd_replaced"]), 1.0)
   return out

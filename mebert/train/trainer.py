@@ -27,10 +27,9 @@ from mebert.data.pipeline import make_pretraining_iterator
 from mebert.data.tokenizer import ensure_tokenizer
 from mebert.model import positions
 from mebert.model.config import ModelConfig
-from mebert.model.pretraining import BertForPreTraining
 from mebert.parallel import mesh as mesh_lib
 from mebert.parallel.prefetch import DevicePrefetcher
-from mebert.train import checkpoints, distributed, host_sync, init_from, optimizer, steps
+from mebert.train import checkpoints, distributed, host_sync, init_from, objectives, optimizer, steps
 from mebert.train.metric_writer import MetricWriter
 
 log = logging.getLogger(__name__)
@@ -65,12 +64,13 @@ class Experiment:
         "eval.batch_size", int(config.eval.batch_size or config.train.batch_size), self.mesh, 1)
     self.tx = optimizer.make_optimizer(config.train)
     self.schedule = optimizer.learning_rate_schedule(config.train)
-    self.train_model = BertForPreTraining(self.model_config, deterministic=False)
-    self.eval_model = BertForPreTraining(self.model_config, deterministic=True)
+    # train.objective: BERT's MLM (+NSP) or ELECTRA's replaced-token detection (train/objectives.py).
+    self.objective = objectives.from_config(config, self.model_config)
+    self.train_model, self.eval_model = self.objective.train_model, self.objective.eval_model
     self.batch_sharding = mesh_lib.batch_sharding(self.mesh)
     self._eval_fn = None  # (model, param shardings, jitted eval step): see evaluate()
     with self.sharding_context():
-      self._init_fn = functools.partial(steps.init_train_state, model=self.eval_model, tx=self.tx,
+      self._init_fn = functools.partial(self.objective.init_state, model=self.eval_model, tx=self.tx,
                                         example_batch=_example_batch(config.data))
       boxed = jax.eval_shape(self._init_fn, jax.random.key(0))
       self.state_shardings = mesh_lib.logical_shardings(boxed, self.mesh, self.rules)
@@ -96,7 +96,7 @@ class Experiment:
 
   def jitted_train_step(self):
     step_fn = functools.partial(
-        steps.train_step, model=self.train_model, tx=self.tx, schedule=self.schedule,
+        self.objective.train_step, model=self.train_model, tx=self.tx, schedule=self.schedule,
         seed=int(self.config.seed), grad_accum_steps=int(self.config.train.grad_accum_steps))
     return jax.jit(step_fn, in_shardings=(self.state_shardings, self.batch_sharding),
                    out_shardings=(self.state_shardings, None), donate_argnums=0)
@@ -109,7 +109,8 @@ class Experiment:
     # if a caller swapped the model or the shardings (mebert.compress evaluates int8 weights).
     model, shardings = self.eval_model, self.state_shardings.params
     if self._eval_fn is None or self._eval_fn[0] is not model or self._eval_fn[1] is not shardings:
-      self._eval_fn = (model, shardings, jax.jit(functools.partial(steps.eval_step, model=model),
+      self._eval_fn = (model, shardings, jax.jit(functools.partial(self.objective.eval_step,
+                                                                   model=model),
                                                  in_shardings=(shardings, self.batch_sharding)))
     eval_fn = self._eval_fn[2]
     totals, target_counts = None, np.zeros(self.model_config.vocab_size, np.int64)
@@ -332,7 +333,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 ARCHITECTURE_KEYS = ("hidden_size", "num_layers", "num_heads", "intermediate_size", "hidden_act",
                      "max_position_embeddings", "type_vocab_size", "position_encoding",
                      "use_segment_embeddings", "encoding_fusion", "pre_layer_norm", "use_bias",
-                     "scan_layers", "param_dtype")
+                     "scan_layers", "param_dtype", "family", "embedding_size", "layer_norm_bias")
 
 
 def _check_same_architecture(config, workdir: str) -> None:
