@@ -14,6 +14,8 @@ CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 # Config files with the arguments they accept (None = the default).
 ARGS = {"pretrain/bert_base.py": [None, "phase2"],
         "pretrain/bert_large.py": [None, "phase2", "lamb", "lamb_phase2"],
+        "pretrain/roberta_base.py": [None, "tiny"], "pretrain/electra_small.py": [None, "tiny"],
+        "pretrain/modernbert_base.py": [None, "context", "tiny", "tiny_context"],
         "experiments/encodings.py": [None, "sinusoidal", "relative", "rotary", "alibi", "none",
                                      "concat", "preln_geglu"]}
 

@@ -166,7 +166,8 @@ class WordPieceTokenizer(Tokenizer):
 
 
 def load_tokenizer(path: str, *, lowercase: bool = True) -> Tokenizer:
-  """*.model -> sentencepiece; *.json -> tokenizers' tokenizer.json; else a WordPiece vocab.txt.
+  """*.model -> sentencepiece; *.json -> tokenizers' tokenizer.json (WordPiece, or any other model
+  with BERT's or RoBERTa's specials: mebert.data.json_tokenizer); else a WordPiece vocab.txt.
 
   A directory is searched for spm.model, tokenizer.json, vocab.txt (in that order). Paths may be
   gs:// (read through etils.epath). `lowercase` applies to vocab.txt only: a tokenizer.json and a
@@ -195,6 +196,12 @@ def load_tokenizer(path: str, *, lowercase: bool = True) -> Tokenizer:
     # the pipeline does its own truncation and padding.
     tok.no_padding()
     tok.no_truncation()
+    from tokenizers import models  # pylint: disable=g-import-not-at-top
+
+    if not isinstance(tok.model, models.WordPiece):  # RoBERTa's, XLM-R's, ModernBERT's
+      from mebert.data.json_tokenizer import JsonTokenizer  # pylint: disable=g-import-not-at-top
+
+      return JsonTokenizer(tok, str(p))
     return WordPieceTokenizer(tok, str(p))
   return WordPieceTokenizer.from_vocab(p.read_text(encoding="utf-8"), str(p), lowercase)
 

@@ -135,8 +135,10 @@ def write_tokenizer(folder: str, tokenizer_path: str | None, cfg: ModelConfig,
   if tokenizer_path.endswith(".model"):
     from mebert.interop.spm_convert import save_spm_for_transformers, spm_to_tokenizer
 
+    # One token type (RoBERTa) or none (ModernBERT): a pair's second sentence keeps type 0.
+    pair_type_id = 1 if cfg.use_segment_embeddings and cfg.type_vocab_size > 1 else 0
     try:
-      tokenizer = spm_to_tokenizer(tokenizer_path)
+      tokenizer = spm_to_tokenizer(tokenizer_path, pair_type_id)
     except InteropError as e:  # e.g. a BPE model: no faithful tokenizer.json, say so plainly
       shutil.copy(tokenizer_path, os.path.join(folder, "spiece.model"))
       report.tokenizer_files.append("spiece.model")
@@ -147,7 +149,8 @@ def write_tokenizer(folder: str, tokenizer_path: str | None, cfg: ModelConfig,
       raise InteropError(f"{tokenizer_path}: {tokenizer.vocab_size} pieces but the model's "
                          f"vocab_size is {cfg.vocab_size}")
     report.tokenizer_files = save_spm_for_transformers(
-        tokenizer_path, folder, model_max_length=cfg.max_position_embeddings)
+        tokenizer_path, folder, model_max_length=cfg.max_position_embeddings,
+        pair_type_id=pair_type_id, token_types=cfg.use_segment_embeddings)
     report.notes.append("sentencepiece vocab written as a tokenizers tokenizer.json "
                         "(AutoTokenizer loads it as PreTrainedTokenizerFast)")
     return tokenizer
@@ -181,10 +184,16 @@ def export_hf(params, cfg: ModelConfig, folder: str, *, labels: list[str] | None
     labels = None
   os.makedirs(folder, exist_ok=True)
   save_file(tensors, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
-  with open(os.path.join(folder, "config.json"), "w", encoding="utf-8") as f:
-    json.dump(hf_config_from_model(cfg, architecture, labels), f, indent=2)
   report = ExportReport(folder=folder, architecture=architecture, tensors=len(tensors))
   tokenizer = write_tokenizer(folder, tokenizer_path, cfg, lowercase, report)
+  config = hf_config_from_model(cfg, architecture, labels)
+  if tokenizer is not None and cfg.family in ("roberta", "modernbert"):
+    # Their configs name the sequence specials (the forward pass reads none of them).
+    config.update(bos_token_id=tokenizer.cls_id, eos_token_id=tokenizer.sep_id)
+    if cfg.family == "modernbert":
+      config.update(cls_token_id=tokenizer.cls_id, sep_token_id=tokenizer.sep_id)
+  with open(os.path.join(folder, "config.json"), "w", encoding="utf-8") as f:
+    json.dump(config, f, indent=2)
   if parity:
     from mebert.interop import parity as parity_lib
 

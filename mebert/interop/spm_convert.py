@@ -24,8 +24,9 @@ _NORMAL, _UNKNOWN, _CONTROL = 1, 2, 3  # sentencepiece ModelProto.SentencePiece.
 _NEVER = -1e9  # a score no Viterbi path will choose while any alternative exists
 
 
-def spm_to_tokenizer(path: str) -> FastTokenizer:
-  """Builds the tokenizers pipeline of a unigram sentencepiece model, with BERT's template."""
+def spm_to_tokenizer(path: str, pair_type_id: int = 1) -> FastTokenizer:
+  """Builds the tokenizers pipeline of a unigram sentencepiece model, with BERT's template (the
+  second sentence of a pair gets type id `pair_type_id`: 0 for models with one token type)."""
   from sentencepiece import sentencepiece_model_pb2
   from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
@@ -57,15 +58,18 @@ def spm_to_tokenizer(path: str) -> FastTokenizer:
     raise InteropError(f"{path}: vocabulary has no {missing[0]} token (BERT needs "
                        f"{' '.join(SPECIAL_TOKENS)})")
   tok.post_processor = processors.TemplateProcessing(
-      single="[CLS]:0 $A:0 [SEP]:0", pair="[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1",
+      single="[CLS]:0 $A:0 [SEP]:0",
+      pair=f"[CLS]:0 $A:0 [SEP]:0 $B:{pair_type_id} [SEP]:{pair_type_id}",
       special_tokens=[("[CLS]", ids["[CLS]"]), ("[SEP]", ids["[SEP]"])])
   return FastTokenizer(tok, path, lowercase=spec.name.endswith("_cf"))
 
 
-def save_spm_for_transformers(path: str, folder: str, *, model_max_length: int = 512) -> list[str]:
+def save_spm_for_transformers(path: str, folder: str, *, model_max_length: int = 512,
+                              pair_type_id: int = 1, token_types: bool = True) -> list[str]:
   """Writes tokenizer.json (+ tokenizer_config.json, special_tokens_map.json, and the original
-  model as spiece.model) so that AutoTokenizer.from_pretrained(folder) loads a fast tokenizer."""
-  tokenizer = spm_to_tokenizer(path)
+  model as spiece.model) so that AutoTokenizer.from_pretrained(folder) loads a fast tokenizer.
+  token_types=False: the tokenizer returns no token_type_ids (ModernBERT's forward takes none)."""
+  tokenizer = spm_to_tokenizer(path, pair_type_id)
   os.makedirs(folder, exist_ok=True)
   tokenizer.tokenizer.save(os.path.join(folder, "tokenizer.json"))
   shutil.copy(path, os.path.join(folder, "spiece.model"))
@@ -73,7 +77,8 @@ def save_spm_for_transformers(path: str, folder: str, *, model_max_length: int =
                       SPECIAL_TOKENS))
   # model_input_names: without it the generic fast tokenizer returns no token_type_ids for pairs.
   config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": model_max_length,
-            "model_input_names": ["input_ids", "token_type_ids", "attention_mask"],
+            "model_input_names": (["input_ids", "token_type_ids", "attention_mask"] if token_types
+                                  else ["input_ids", "attention_mask"]),
             **specials}
   with open(os.path.join(folder, "tokenizer_config.json"), "w", encoding="utf-8") as f:
     json.dump(config, f, indent=2)

@@ -78,7 +78,11 @@ def export_workdir(workdir: str, folder: str, *, step: int | None = None,
     raise InteropError(f"{workdir}: {e}") from None
   task = config_dict.get("task") or {}
   data = config_dict.get("data") or {}
+  vocab = data.get("vocab") or None
+  trained = os.path.join(workdir, "vocab", "spm.model")  # a pretraining run's own vocabulary
+  if vocab is None and os.path.isfile(trained):
+    vocab = trained
   return export_hf(params, cfg, folder, labels=task.get("labels"), task_kind=task.get("kind"),
-                   tokenizer_path=data.get("vocab") or None,
+                   tokenizer_path=vocab,
                    lowercase=data.get("lowercase", True),  # the data pipeline's default
                    parity=parity)

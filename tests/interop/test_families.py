@@ -97,6 +97,24 @@ def test_roberta_pairs_tokenize_as_transformers_does(tmp_path):
   assert row[0] == ours.cls_id and row.count(ours.sep_id) == 3  # <s> A </s></s> B </s>
 
 
+@pytest.mark.parametrize("kind", ["roberta", "xlmr", "modernbert"])
+def test_pretraining_pipeline_reads_the_families_tokenizers(kind, tmp_path):
+  """mebert.data's tokenizer for pretraining or continued pretraining on a family's vocabulary:
+  its specials under either naming, and word starts for whole-word masking."""
+  from family_models import save_tokenizer  # pylint: disable=import-error
+  from mebert.data.tokenizer import load_tokenizer
+
+  save_tokenizer(kind, tmp_path)
+  tok = load_tokenizer(str(tmp_path / "tokenizer.json"))
+  names = [tok.id_to_token(i) for i in tok.special_ids]
+  want = (["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] if kind == "modernbert"
+          else ["<pad>", "<unk>", "<s>", "</s>", "<mask>"])
+  assert names == want
+  ids = tok.encode("Some years ago, never mind how long")
+  starts = [tok.id_to_token(i) for i in ids if tok.word_start[i]]
+  assert len(starts) >= 5 and all(t[0] in "\u0120\u2581" for t in starts[1:])
+
+
 def test_electra_discriminator_with_projected_embeddings(tmp_path):
   folder = make_model(tmp_path / "hf", "ElectraForPreTraining", "electra", embedding_size=16)
   cfg, params, report = _round_trip(folder, tmp_path)
