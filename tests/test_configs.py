@@ -17,7 +17,7 @@ ARGS = {"pretrain/bert_base.py": [None, "phase2"],
         "pretrain/roberta_base.py": [None, "tiny"], "pretrain/electra_small.py": [None, "tiny"],
         "pretrain/modernbert_base.py": [None, "context", "tiny", "tiny_context"],
         "experiments/encodings.py": [None, "sinusoidal", "relative", "rotary", "alibi", "none",
-                                     "concat", "preln_geglu"]}
+                                     "concat", "preln_geglu", "rotary_local"]}
 
 
 def _cases():

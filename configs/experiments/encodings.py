@@ -33,6 +33,10 @@ VARIANTS = {
     "none": dict(position_encoding="none"),
     "concat": dict(encoding_fusion="concat"),  # learned positions, concatenated then projected
     "preln_geglu": dict(pre_layer_norm=True, hidden_act="geglu"),  # learned positions
+    # ModernBERT's attention pattern at this depth: layer 0 global, layer 1 a sliding window of 32
+    # (|i - j| <= 16, half the training length): does a bounded window help at 2x and 4x?
+    "rotary_local": dict(position_encoding="rotary", local_attention_window=32,
+                         global_attention_every=2),
 }
 TRAIN_SEQ_LEN = 64
 

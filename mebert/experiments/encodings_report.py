@@ -108,6 +108,10 @@ def describe(model: dict) -> str:
     parts.append(model["hidden_act"].replace("geglu", "GeGLU"))
   if not model.get("use_bias", True):
     parts.append("no biases")
+  if model.get("local_attention_window", 0):
+    every = model.get("global_attention_every", 1)
+    pattern = "every layer" if every == 0 else f"global every {every}"
+    parts.append(f"local window {model['local_attention_window']} ({pattern})")
   return ", ".join(parts)
 
 
