@@ -61,7 +61,7 @@ def load_encoder(path: str, *, dtype: str = "float32", parity: bool = False) -> 
   """A Hugging Face folder (config.json) or a mebert workdir (checkpoints/) -> Encoder."""
   from mebert.interop import hf_names
   from mebert.interop.errors import InteropError
-  from mebert.interop.wordpiece import WordPiece
+  from mebert.interop.hf_tokenizer import load_folder_tokenizer
 
   if os.path.isfile(os.path.join(path, "config.json")):
     from mebert.interop.hf_import import load_hf_bert
@@ -74,7 +74,8 @@ def load_encoder(path: str, *, dtype: str = "float32", parity: bool = False) -> 
     if os.path.isfile(st_config):  # sentence-transformers' own truncation length
       with open(st_config, encoding="utf-8") as f:
         max_length = int(json.load(f).get("max_seq_length") or max_length)
-    return Encoder(cfg, params["bert"], _wordpiece_tokenize(WordPiece.from_file(report.tokenizer)),
+    # WordPiece for BERT's vocabularies, the folder's own tokenizer.json for the other families.
+    return Encoder(cfg, params["bert"], _wordpiece_tokenize(load_folder_tokenizer(report.tokenizer)),
                    max_length)
   if not os.path.isdir(os.path.join(path, "checkpoints")):
     raise InteropError(f"{path}: neither a Hugging Face folder (config.json) nor a mebert workdir "
@@ -99,7 +100,8 @@ def load_encoder(path: str, *, dtype: str = "float32", parity: bool = False) -> 
 
     tokenize = _pipeline_tokenize(load_tokenizer(vocab))
   else:
-    tokenize = _wordpiece_tokenize(WordPiece.from_file(vocab, lowercase=data.get("lowercase", True)))
+    tokenize = _wordpiece_tokenize(load_folder_tokenizer(vocab,
+                                                         lowercase=data.get("lowercase", True)))
   return Encoder(cfg, params["bert"], tokenize, cfg.max_position_embeddings)
 
 
@@ -135,7 +137,7 @@ def _embed_fn(cfg: ModelConfig, pooling: str, layers: tuple[int, ...], normalize
   from mebert.compress import quantize as quantize_lib
   from mebert.model.encoder import BertModel
 
-  model = BertModel(cfg)
+  model = BertModel(cfg, add_pooling_layer=False)  # embeddings pool the tokens themselves
   need_all = layers != (-1,)
 
   def embed(params, ids, types, mask):
