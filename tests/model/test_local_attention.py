@@ -151,8 +151,13 @@ def test_scanned_layers_follow_the_unrolled_pattern():
   assert not np.allclose(np.asarray(other)[real], np.asarray(unrolled)[real], atol=1e-3)
 
 
-def test_splash_local_mask_equals_xla():
-  """The splash kernel's local mask (interpret mode on CPU) against the XLA band."""
+def test_splash_local_mask_equals_xla_on_a_2x2x2_mesh():
+  """The splash kernel's local mask (interpret mode on CPU, sharded over the 8 fake devices)
+  against the XLA blocked band."""
+  from ml_collections import config_dict
+
+  from mebert.parallel import mesh as mesh_lib
+
   fn = getattr(attention, "splash_attention", None)
   if fn is None:
     from mebert.model import splash  # pylint: disable=import-outside-toplevel
@@ -160,10 +165,15 @@ def test_splash_local_mask_equals_xla():
     fn = splash.splash_attention
   if "window" not in inspect.signature(fn).parameters:
     pytest.skip("splash_attention has no window argument yet (the tpu branch adds it)")
-  q, k, v = (jax.random.normal(jax.random.key(i), (2, LENGTH, 2, 8)) for i in range(3))
-  _, seg, _ = _batch()
-  ident = lambda p: p
-  want = local_attention.blocked_local_attention(q, k, v, seg, 8, ident, jnp.float32)
-  got = fn(q, k, v, seg, window=(8, 8))
+  length = 128  # splash's blocks are 128 long
+  q, k, v = (jax.random.normal(jax.random.key(i), (4, length, 2, 8)) for i in range(3))
+  seg = np.ones((4, length), np.int32)
+  seg[0, -6:] = 0
+  seg[1] = [1] * 40 + [2] * 50 + [3] * 30 + [0] * 8
+  seg = jnp.asarray(seg)
+  want = local_attention.blocked_local_attention(q, k, v, seg, 8, lambda p: p, jnp.float32)
+  mesh = mesh_lib.make_mesh(config_dict.ConfigDict({"data": 2, "fsdp": 2, "tensor": 2}))
+  with jax.set_mesh(mesh), nn.logical_axis_rules(mesh_lib.DEFAULT_RULES):
+    got = jax.jit(lambda q, k, v, s: fn(q, k, v, s, window=(8, 8)))(q, k, v, seg)
   real = np.asarray(seg) != 0
   np.testing.assert_allclose(np.asarray(got)[real], np.asarray(want)[real], atol=1e-4)
