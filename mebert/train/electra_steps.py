@@ -89,7 +89,8 @@ def train_step(state: steps.TrainState, batch: dict, *, model: nn.Module,
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(param_norm)
   new_state = steps.guarded_update(state, grads, tx, finite, grad_norm)
   metrics = dict(sums, loss=loss, grad_norm=grad_norm, param_norm=param_norm,
-                 learning_rate=schedule(state.step), nonfinite_in_row=new_state.nonfinite_in_row,
+                 learning_rate=steps.applied_learning_rate(schedule, state),
+                 nonfinite_in_row=new_state.nonfinite_in_row,
                  steps=jnp.ones((), jnp.float32))
   return new_state, metrics
 
