@@ -49,22 +49,27 @@ def torch_available() -> bool:
   return True
 
 
-def parity_batch(tokenizer, vocab_size: int, pad_id: int = 0) -> dict[str, np.ndarray]:
-  """input_ids / token_type_ids / attention_mask for SENTENCES; synthetic ids without a tokenizer
-  (never `pad_id`: RoBERTa derives its position ids from where the padding id is)."""
+def parity_batch(tokenizer, vocab_size: int, pad_id: int = 0,
+                 max_length: int = MAX_LENGTH) -> dict[str, np.ndarray]:
+  """input_ids / token_type_ids / attention_mask for SENTENCES, at most `max_length` tokens a row
+  (a small model's position table may be shorter than MAX_LENGTH); synthetic ids without a
+  tokenizer (never `pad_id`: RoBERTa derives its position ids from where the padding id is)."""
   if tokenizer is not None:
     singles = [t for t, p in SENTENCES if p is None]
     pairs = [(t, p) for t, p in SENTENCES if p is not None]
-    a = tokenizer.encode(singles, max_length=MAX_LENGTH, padding=None)
-    b = tokenizer.encode([t for t, _ in pairs], [p for _, p in pairs], max_length=MAX_LENGTH,
+    a = tokenizer.encode(singles, max_length=max_length, padding=None)
+    b = tokenizer.encode([t for t, _ in pairs], [p for _, p in pairs], max_length=max_length,
                          padding=None)
     rows = {k: a[k] + b[k] for k in ("input_ids", "token_type_ids", "attention_mask")}
   else:  # deterministic ids in range; the same shape of batch (lengths, one pair)
     rng = np.random.default_rng(0)
     lengths = [26, 6, 12, 18, 16, 22]
     draw = lambda n: [int(i) + (i >= pad_id) for i in rng.integers(0, vocab_size - 1, n)]
+    lengths = [min(n, max_length) for n in lengths]
+    pair = lengths[-1]
+    first = pair - 12 if pair > 12 else pair // 2  # 10 + 12 at the full length
     rows = {"input_ids": [draw(n) for n in lengths],
-            "token_type_ids": [[0] * n for n in lengths[:-1]] + [[0] * 10 + [1] * 12],
+            "token_type_ids": [[0] * n for n in lengths[:-1]] + [[0] * first + [1] * (pair - first)],
             "attention_mask": [[1] * n for n in lengths]}
   if tokenizer is not None:
     pad_id = tokenizer.pad_id
@@ -248,7 +253,10 @@ def run_gate(folder: str, cfg: ModelConfig, params: dict, *, groups: list[str],
   architecture = family.classes[role]
   if hf_config.read_hf_config(folder).get("model_type") == "xlm-roberta":
     architecture = architecture.replace("Roberta", "XLMRoberta")
-  batch = parity_batch(tokenizer, cfg.vocab_size, cfg.pad_token_id)
+  longest = MAX_LENGTH
+  if cfg.position_encoding == "learned":  # the table's rows past the offset
+    longest = min(longest, cfg.max_position_embeddings - cfg.position_offset)
+  batch = parity_batch(tokenizer, cfg.vocab_size, cfg.pad_token_id, longest)
   if not cfg.use_segment_embeddings or cfg.type_vocab_size == 1:
     batch["token_type_ids"] = np.zeros_like(batch["token_type_ids"])
   theirs = hf_outputs(folder, architecture, batch, family.prefix)
