@@ -80,7 +80,7 @@ def load_encoder(path: str, *, dtype: str = "float32", parity: bool = False) -> 
   if not os.path.isdir(os.path.join(path, "checkpoints")):
     raise InteropError(f"{path}: neither a Hugging Face folder (config.json) nor a mebert workdir "
                        "(checkpoints/)")
-  from mebert.interop.hf_export import normalize_params
+  from mebert.model.layout import normalize_params
   from mebert.train.checkpoints import CheckpointError, restore_params
 
   try:
@@ -134,7 +134,7 @@ def _embed_fn(cfg: ModelConfig, pooling: str, layers: tuple[int, ...], normalize
   import jax
   import jax.numpy as jnp
 
-  from mebert.compress import quantize as quantize_lib
+  from mebert.model import int8 as quantize_lib
   from mebert.model.encoder import BertModel
 
   model = BertModel(cfg, add_pooling_layer=False)  # embeddings pool the tokens themselves
@@ -171,7 +171,7 @@ def embed_sentences(encoder: Encoder, sentences: list[str], *, pooling: str = "m
   import jax
   from tqdm import tqdm
 
-  from mebert.compress import quantize as quantize_lib
+  from mebert.model import int8 as quantize_lib
   from mebert.interop import hf_names
 
   cfg = encoder.cfg

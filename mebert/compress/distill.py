@@ -112,7 +112,7 @@ class Teacher:
 
 def load_teacher(config, spec: DistillSpec) -> Teacher:
   """The teacher's weights (host), architecture, labels and tokenizer, from either kind of folder."""
-  from mebert.interop.hf_export import normalize_params
+  from mebert.model.layout import normalize_params
 
   runtime = {k: config.model[k] for k in _RUNTIME_KEYS}
   path = spec.teacher

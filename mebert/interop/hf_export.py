@@ -22,6 +22,7 @@ import numpy as np
 from mebert.interop import hf_families, hf_names
 from mebert.interop.errors import InteropError
 from mebert.interop.hf_config import check_exportable, hf_config_from_model
+from mebert.model import layout
 from mebert.model.config import ModelConfig
 
 log = logging.getLogger(__name__)
@@ -49,17 +50,11 @@ class ExportReport:
 
 
 def normalize_params(params) -> dict:
-  """Host numpy arrays in the unrolled layout, whatever the checkpoint held (a {"params": ...}
-  wrapper, jax arrays, scanned layers)."""
-  import jax
-
-  if isinstance(params, dict) and set(params) == {"params"}:
-    params = params["params"]
-  params = jax.tree.map(np.asarray, dict(params))
-  params = {k: dict(v) if isinstance(v, dict) else v for k, v in params.items()}
-  if "bert" not in params:
-    raise InteropError(f"params have no 'bert' subtree (top-level keys: {sorted(params)})")
-  return hf_names.unstack_layers(params) if hf_names.is_stacked(params) else params
+  """mebert.model.layout.normalize_params, failing with an InteropError (the CLI's one line)."""
+  try:
+    return layout.normalize_params(params)
+  except ValueError as e:
+    raise InteropError(str(e)) from None
 
 
 def num_classifier_outputs(classifier: dict) -> int:

@@ -16,6 +16,8 @@ from typing import Iterator
 
 import numpy as np
 
+from mebert.model.layout import is_stacked, stack_layers, unstack_layers  # noqa: F401
+
 # Groups of parameters; a folder either has a whole group or none of it.
 ENCODER_GROUPS = ("embeddings", "layer")  # required on import
 # Initialised (and reported) when absent; "rtd" is ELECTRA's discriminator head.
@@ -163,31 +165,6 @@ def unflatten(flat: dict[tuple[str, ...], object]) -> dict:
   for path, value in flat.items():
     set_path(tree, path, value)
   return tree
-
-
-def is_stacked(params: dict) -> bool:
-  """True for a scan_layers tree (bert/encoder/layer with a leading [num_layers] axis)."""
-  return has_path(params, ("bert", "encoder", "layer"))
-
-
-def stack_layers(params: dict, num_layers: int) -> dict:
-  """Unrolled layer_<i> subtrees -> one `layer` subtree whose leaves gain a leading layer axis."""
-  encoder = params["bert"]["encoder"]
-  flat = [flatten(encoder[f"layer_{i}"]) for i in range(num_layers)]
-  stacked = unflatten({k: np.stack([np.asarray(f[k]) for f in flat]) for k in flat[0]})
-  rest = {k: v for k, v in encoder.items() if not k.startswith("layer_")}
-  return {**params, "bert": {**params["bert"], "encoder": {**rest, "layer": stacked}}}
-
-
-def unstack_layers(params: dict) -> dict:
-  """The inverse of stack_layers: one `layer` subtree -> layer_<i> subtrees."""
-  encoder = params["bert"]["encoder"]
-  flat = flatten(encoder["layer"])
-  num_layers = next(iter(flat.values())).shape[0]
-  layers = {f"layer_{i}": unflatten({k: np.asarray(v)[i] for k, v in flat.items()})
-            for i in range(num_layers)}
-  rest = {k: v for k, v in encoder.items() if k != "layer"}
-  return {**params, "bert": {**params["bert"], "encoder": {**rest, **layers}}}
 
 
 def _rotary_rows(heads: int, rows: int) -> np.ndarray:

@@ -24,8 +24,8 @@ import time
 import jax
 import numpy as np
 
-from mebert.compress import qat
-from mebert.tasks import batching, data as data_lib, inference, optim, sources, steps
+from mebert.model import qat
+from mebert.tasks import batching, data as data_lib, inference, optim, quantized, sources, steps
 from mebert.tasks.defaults import TASK_KINDS
 from mebert.train import checkpoints, init_from
 from mebert.train.metric_writer import MetricWriter
@@ -124,7 +124,7 @@ class FineTuning:
     self._size()
     self.rt = inference.Runtime(config, self.source.model_config, self.kind, self.labels,
                                 self.tokenizer.pad_id)
-    qat.wrap_runtime(self.rt, config.train.quantize_aware)  # before the steps compile
+    quantized.wrap_runtime(self.rt, config.train.quantize_aware)  # before the steps compile
     self.batch_size = self.rt.check_batch_size("train.batch_size", int(config.train.batch_size))
     self.eval_batch_size = self.rt.check_batch_size("eval.batch_size", int(config.eval.batch_size))
     accum = int(config.train.grad_accum_steps)

@@ -196,7 +196,7 @@ def chosen_step(workdir: str, step: int | None) -> int | None:
 
 
 def load_member(config, workdir: str, step: int | None = None) -> Member:
-  from mebert.interop.hf_export import normalize_params
+  from mebert.model.layout import normalize_params
   from mebert.train.checkpoints import restore_params_and_step
 
   params, saved, restored = restore_params_and_step(workdir, chosen_step(workdir, step))
@@ -217,8 +217,8 @@ def load_member(config, workdir: str, step: int | None = None) -> Member:
   rt = Runtime(config, model_config, task["kind"], labels, tokenizer.pad_id)
   params = jax.device_put(jax.tree.map(lambda x: np.asarray(x, model_config.storage_dtype), params),
                           rt.param_shardings())
-  if str(config.eval.get("quantize", "none")) != "none":  # int8 weights: mebert.compress
-    from mebert.compress.quantize import quantize_task_runtime
+  if str(config.eval.get("quantize", "none")) != "none":  # int8 weights: mebert.tasks.quantized
+    from mebert.tasks.quantized import quantize_task_runtime
 
     params = quantize_task_runtime(rt, params, str(config.eval.quantize), workdir)
   seq_len = int(config.data.seq_len)

@@ -84,8 +84,7 @@ def _load_source(config) -> Source:
       raise ValueError(f"init.hf={config.init.hf} has no tokenizer; set data.vocab")
     return Source(cfg, vocab, lowercase, params, report.labels, f"init.hf={config.init.hf}")
   if config.init.checkpoint:
-    from mebert.interop import hf_names
-    from mebert.interop.hf_export import normalize_params
+    from mebert.model.layout import normalize_params, stack_layers
 
     src = config.init.checkpoint
     params, saved = checkpoints.restore_params(src)
@@ -94,7 +93,7 @@ def _load_source(config) -> Source:
     cfg = ModelConfig.from_dict(saved["model"], vocab_size=int(table.shape[0])).replace(
         **_runtime(config))
     if cfg.scan_layers:
-      params = hf_names.stack_layers(params, cfg.num_layers)
+      params = stack_layers(params, cfg.num_layers)
     data = saved.get("data") or {}
     vocab = config.data.vocab or data.get("vocab") or os.path.join(src, "vocab")
     labels = (saved.get("task") or {}).get("labels")

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from compress_helpers import synthetic_tsv, tiny_config  # pylint: disable=import-error
 
-from mebert.compress import qat, quantize as q
+from mebert.compress import quantize as q
+from mebert.model import qat
 from mebert.model.config import ModelConfig
 from mebert.tasks import finetune, inference
 from mebert.tasks.model import BertForTask

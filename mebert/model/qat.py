@@ -1,26 +1,27 @@
-"""Quantization-aware fine-tuning (QAT): the int8 weights of quantize.py, simulated while training.
+"""Quantization-aware fine-tuning (QAT): the int8 weights of int8.py, simulated while training.
 
-Why: post-training int8 (quantize.py) rounds weights the model never saw rounded. QAT runs every
+Why: post-training int8 (int8.py) rounds weights the model never saw rounded. QAT runs every
 forward pass of fine-tuning, and its dev evaluations, on the int8-rounded weights, with
 straight-through gradients into float32 master weights, so training settles on weights that
 survive the rounding and the dev metrics it reports are the int8 model's. Weight-only, as PTQ:
 activations and matmuls stay in the compute dtype.
 
-  config.train.quantize_aware = "int8"     # mebert.tasks.finetune wraps rt.train_model/eval_model
+  config.train.quantize_aware = "int8"     # mebert.tasks.quantized wraps the fine-tuning models
 
-The scheme is quantize.py's, so `--mode=eval --quantize=int8` of a QAT workdir runs exactly what
-training simulated (tests/compress/test_qat.py compares the logits):
+The scheme is int8.py's (the arithmetic behind mebert.compress.quantize), so `--mode=eval
+--quantize=int8` of a QAT workdir runs exactly what training simulated (tests/compress/test_qat.py
+compares the logits):
   - Dense kernels go through qwix (`qwix.quantize_model` with a `QtProvider`): int8, symmetric,
     absmax, one scale per output channel (qwix gives a dot_general weight one scale per
     non-contracting axis: the columns of [in, out]; under `scan_layers` the scan body sees one
     layer's [in, out], so per layer too). qwix's own int8 bound is 127.5 (scale = absmax / 127.5,
     values -128..127); the calibration "absmax,127.5/127" moves it to scale = absmax / 127 with
-    values -127..127, quantize.py's. Its gradient is straight-through (no clipping: the range
+    values -127..127, int8.py's. Its gradient is straight-through (no clipping: the range
     covers every weight).
   - Embedding tables (words, positions, token types) are fake-quantized here, per row, with
-    quantize.quantize_array and a straight-through gradient: a lookup is a gather, which qwix does
+    int8.quantize_array and a straight-through gradient: a lookup is a gather, which qwix does
     not intercept.
-  - Biases and LayerNorm parameters stay float, as in quantize.py.
+  - Biases and LayerNorm parameters stay float, as in int8.py.
 Differences that remain: with a bfloat16 compute dtype qwix rounds the kernel already cast to
 bfloat16 (PTQ rounds the float32 kernel, then casts), and a scale of a weight exactly on a rounding
 tie can round the other way (float32 arithmetic of absmax * (127.5/127) / 127.5 vs absmax / 127).
@@ -28,7 +29,7 @@ tie can round the other way (float32 arithmetic of absmax * (127.5/127) / 127.5 
 Parameters are the plain model's tree (weight-only QT creates no variables; `init` fails naming any
 collection it would add), so checkpoints, `--mode=eval/predict`, `--quantize=int8` and export-hf
 read a QAT workdir as any other. qwix's own PTQ is not used (it fails on scanned layers, see
-BENCHMARKS.md); deployment is quantize.py's.
+BENCHMARKS.md); deployment is int8.py's.
 """
 
 from __future__ import annotations
@@ -39,11 +40,11 @@ import functools
 import flax.linen as nn
 import jax
 
-from mebert.compress import quantize as quantize_lib
+from mebert.model import int8 as quantize_lib  # the PTQ arithmetic, shared
 
 KEY = "train.quantize_aware"
 MODES = ("none", "int8")
-# qwix's symmetric int8 range is absmax -> 127.5; this factor makes it absmax -> 127 (quantize.py).
+# qwix's symmetric int8 range is absmax -> 127.5; this factor makes it absmax -> 127 (int8.py).
 CALIBRATION = f"absmax,{(quantize_lib.QMAX + 0.5) / quantize_lib.QMAX!r}"
 
 
@@ -56,7 +57,7 @@ def check_mode(mode: str | None) -> str:
 
 
 def _fake_quantize_embeddings(params):
-  """Embedding tables rounded to int8 per row as quantize.py does; gradients pass straight."""
+  """Embedding tables rounded to int8 per row as int8.py does; gradients pass straight."""
   def one(path, leaf):
     if quantize_lib.quantized_axis(path, leaf) != -1:  # kernels: qwix; the rest stays float
       return leaf
@@ -97,12 +98,3 @@ def quantize_aware(model: nn.Module, mode: str = "int8"):
   rule = qwix.QtRule(module_path=".*", weight_qtype="int8",
                      weight_calibration_method=CALIBRATION)
   return QatModel(qwix.quantize_model(model, qwix.QtProvider([rule])))
-
-
-def wrap_runtime(rt, mode: str) -> None:
-  """Fine-tuning (mebert.tasks.finetune): rt's train and eval models with QAT, before the steps
-  are compiled; eval/predict runtimes stay float (PTQ is --quantize=int8)."""
-  if check_mode(mode) == "none":
-    return
-  rt.train_model = quantize_aware(rt.train_model, mode)
-  rt.eval_model = quantize_aware(rt.eval_model, mode)
