@@ -92,8 +92,12 @@ def _manager(workdir: str, *, keep: int = 2, best_metric: str | None = None,
     lower_is_better = best_metric_mode(best_metric, best_mode) == "min"
     policies.append(pp.BestN(get_metric_fn=lambda m: m[best_metric], reverse=lower_is_better,
                              n=1, keep_checkpoints_without_metrics=False))
+  # best_fn beside the policy: without it Orbax keeps each step's metrics in memory only, so a
+  # resumed run's BestN saw no metrics on the steps before it and deleted the best one.
   options = ocp.CheckpointManagerOptions(
       preservation_policy=pp.AnyPreservationPolicy(policies), create=not read_only,
+      best_fn=(lambda m: m[best_metric]) if best_metric else None,
+      best_mode=best_metric_mode(best_metric, best_mode) if best_metric else "max",
       enable_async_checkpointing=async_save, cleanup_tmp_directories=not read_only)
   return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
 
