@@ -39,3 +39,24 @@ def shared_data() -> pathlib.Path:
   if not SHARED_DATA.is_dir():
     pytest.skip(f"real datasets not found at {SHARED_DATA}")
   return SHARED_DATA
+
+
+@pytest.fixture
+def crash_after_saving(monkeypatch):
+  """crash_after_saving(step): the next run dies (KeyboardInterrupt, as a kill would stop it) right
+  after its checkpoint of `step` is written."""
+  from mebert.train import checkpoints
+
+  original = checkpoints.Checkpointer.save
+
+  def arm(at_step: int) -> None:
+    def save(self, step, *args, **kwargs):
+      saved = original(self, step, *args, **kwargs)
+      if step == at_step:
+        monkeypatch.setattr(checkpoints.Checkpointer, "save", original)
+        raise KeyboardInterrupt(f"simulated kill after the step-{at_step} checkpoint")
+      return saved
+
+    monkeypatch.setattr(checkpoints.Checkpointer, "save", save)
+
+  return arm

@@ -10,9 +10,10 @@ layers (`distill.student_layers`: embeddings, those layers, pooler and classifie
 `config.model` with random weights (e.g. narrower; it reads the teacher's tokenizer). Losses and
 their weights: mebert.compress.distill_steps.
 
-The run is mebert.tasks.finetune's loop (data, buckets, eval every N steps, early stopping on the
-student's dev metric, keep-best checkpoints, exact resume), with the distillation step in place of
-the fine-tuning one. The workdir is a fine-tuning workdir of the student: checkpoints hold its
+The run is a fine-tuning run of the student (data, buckets, eval every N steps, early stopping on
+the student's dev metric, keep-best checkpoints) through the one loop (mebert.train.loop: exact
+resume, SIGTERM save, non-finite stop, progress bar), with the distillation step in place of the
+fine-tuning one. The workdir is a fine-tuning workdir of the student: checkpoints hold its
 params and resolved config (model, labels, vocab; plus this `distill` section), so eval, predict,
 --quantize=int8 and export-hf read it as any other. Distillation runs unrolled layers (the losses
 read every layer's output), so `model.scan_layers` is ignored.
@@ -219,6 +220,8 @@ class Distillation(finetune.FineTuning):
   """FineTuning of the student, with the distillation step, the teacher on the same mesh, copied
   layers at a fresh start, and the distillation losses in the train logs."""
 
+  name = "distill"
+
   def __init__(self, config, workdir: str):
     self.spec = DistillSpec.from_config(config)
     self.teacher = load_teacher(config, self.spec)
@@ -265,14 +268,12 @@ class Distillation(finetune.FineTuning):
     self.teacher.params = None  # on the mesh now; the host copy was for the initialisation
     return step, state, stopper
 
-  def _log_window(self, writer, step, window, *args, **kwargs) -> int:
-    in_row = super()._log_window(writer, step, window, *args, **kwargs)
+  def train_scalars(self, sums: dict, step: int) -> dict:
+    """The fine-tuning scalars plus each distillation loss's mean over the window."""
     keys = ("distill_loss",) + tuple(f"distill_{name}" for name in distill_steps.LOSSES)
-    fetched = jax.device_get([{k: m[k] for k in keys} for m in window])
-    scalars = {k: float(np.mean([m[k] for m in fetched])) for k in keys}
-    writer.write_scalars(step, scalars)
-    log.info("step %d distill %s", step, " ".join(f"{k[8:]}={v:.4g}" for k, v in scalars.items()))
-    return in_row
+    steps_in_window = max(float(sums["steps"]), 1.0)
+    return {**super().train_scalars(sums, step),
+            **{k: float(sums[k]) / steps_in_window for k in keys}}
 
   def train(self) -> dict:
     return {**super().train(), "teacher": self.teacher.origin}

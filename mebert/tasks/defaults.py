@@ -75,6 +75,7 @@ def finetune_defaults() -> config_dict.ConfigDict:
   # 2 CPU cores: 15 s, against 0.06 s per row of 72): rarer row counts run padded up to a larger
   # one instead of compiling their own step. 0 = compile every row count.
   c.data.compile_cost_tokens = 18000.0
+  c.data.device_prefetch = 2  # batches put on the devices ahead of the running step
 
   c.model = model_defaults()  # random init only; with init.* the architecture comes from the source
   c.init = config_dict.ConfigDict()
@@ -102,6 +103,8 @@ def finetune_defaults() -> config_dict.ConfigDict:
   c.train.layer_decay = 1.0  # < 1: layer-wise rate decay, lr * decay^(depth from the top)
   c.train.log_every = 50
   c.train.max_nonfinite_in_row = 10
+  c.train.profile_steps = ""  # "START,STOP": a jax.profiler trace of those steps (WORKDIR/profile)
+  c.train.guard_host_sync = False  # debug: a device read between log steps raises (train.host_sync)
   # Quantization-aware fine-tuning: "int8" trains (and dev-evaluates) through the per-channel int8
   # weights that --mode=eval/predict --quantize=int8 deploys (mebert.compress.qat, via qwix);
   # master weights and checkpoints stay float32. "none" = plain float training.
@@ -129,6 +132,7 @@ def finetune_defaults() -> config_dict.ConfigDict:
 
   c.checkpoint = config_dict.ConfigDict()
   c.checkpoint.keep = 1  # latest N kept for resuming; the best by early_stopping.metric besides
+  c.checkpoint.every_steps = 0  # also every N steps (0 = at evaluations only); plus on SIGTERM
   c.checkpoint.keep_best = True
   c.checkpoint.async_save = True
 

@@ -7,14 +7,16 @@ decay, evaluate on dev every N steps, stop early, keep the best checkpoint, and 
 
 A fine-tuning workdir is self-contained: checkpoints/<step>/ hold params and the resolved config
 (model, task.labels, data.vocab -> WORKDIR/vocab/), best.json names the best step, and eval/predict
-need nothing else. The same command again resumes from the latest checkpoint (same data order,
-early-stopping state from early_stopping.json); a finished or stopped run only reports.
+need nothing else. The loop is mebert.train.loop's (progress bar, TensorBoard, metrics.jsonl,
+non-finite stop, SIGTERM save, profiler, host-sync guard); what is fine-tuning's own lives here:
+its batches (a pure function of seed and step), its step and metrics, its evaluation. The same
+command again resumes from the latest checkpoint, bitwise as if never stopped (same batches, the
+early-stopping state as of that checkpoint); a finished or stopped run only reports.
 """
 
 from __future__ import annotations
 
 import collections
-import dataclasses
 import json
 import logging
 import math
@@ -27,49 +29,12 @@ import numpy as np
 from mebert.model import qat
 from mebert.tasks import batching, data as data_lib, inference, optim, quantized, sources, steps
 from mebert.tasks.defaults import TASK_KINDS
-from mebert.train import checkpoints, init_from
-from mebert.train.metric_writer import MetricWriter
+from mebert.parallel.prefetch import DevicePrefetcher
+from mebert.train import checkpoints, init_from, loop
+from mebert.train.records import write_json
+from mebert.train.selection import Selection
 
 log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass
-class EarlyStopping:
-  """Patience on one dev metric. `best` is the selection score: the metric, negated when lower is
-  better, so higher is always better (as the Checkpointer's BestN wants)."""
-
-  metric: str
-  mode: str
-  patience: int
-  min_delta: float
-  best: float | None = None
-  best_step: int = 0
-  best_metrics: dict | None = None
-  bad_evals: int = 0
-  stopped: bool = False
-
-  def score(self, metrics: dict) -> float:
-    if self.metric not in metrics:
-      raise ValueError(f"early_stopping.metric={self.metric!r} is not an eval metric; available: "
-                       f"{sorted(k for k, v in metrics.items() if isinstance(v, (int, float)))}")
-    return float(metrics[self.metric]) * (1.0 if self.mode == "max" else -1.0)
-
-  def update(self, step: int, metrics: dict) -> bool:
-    s = self.score(metrics)
-    improved = self.best is None or s > self.best + self.min_delta
-    if improved:
-      self.best, self.best_step, self.best_metrics, self.bad_evals = s, step, metrics, 0
-    else:
-      self.bad_evals += 1
-      self.stopped = self.patience > 0 and self.bad_evals >= self.patience
-    return improved
-
-  @classmethod
-  def from_config(cls, cfg) -> "EarlyStopping":
-    mode = cfg.mode if cfg.mode != "auto" else ("min" if cfg.metric in ("loss", "mse") else "max")
-    if mode not in ("min", "max"):
-      raise ValueError(f"early_stopping.mode={cfg.mode!r} is not one of max, min, auto")
-    return cls(cfg.metric, mode, int(cfg.patience), float(cfg.min_delta))
 
 
 def validate(config) -> None:
@@ -81,26 +46,18 @@ def validate(config) -> None:
   qat.check_mode(config.train.quantize_aware)
 
 
-def _write_json(path: str, record: dict) -> None:
-  if jax.process_index() == 0:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-      json.dump(record, f, indent=2, sort_keys=True, default=str)
-    os.replace(tmp, path)
-
-
-def _numeric(d: dict) -> dict:
-  return {k: float(v) for k, v in d.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-
-
 def _host(state):
   """The state as numpy for saving, on one host: Orbax then writes buffers as they are instead of
   compiling a slice per array and device to find replicas (seconds per save on 8 CPU devices)."""
   return jax.device_get(state) if jax.process_count() == 1 else state
 
 
-class FineTuning:
-  """One run in one workdir: data and labels, the model on its mesh, the compiled steps, the loop."""
+class FineTuning(loop.Task):
+  """One run in one workdir: data and labels, the model on its mesh, the compiled steps; the loop
+  (mebert.train.loop) runs them."""
+
+  name = "finetune"
+  progress_keys = ("loss", "accuracy")
 
   def __init__(self, config, workdir: str):
     validate(config)
@@ -211,18 +168,14 @@ class FineTuning:
     return batching.make_batch(self.enc_train, rows, size, self.kind, self.tokenizer.pad_id)
 
   def initial_state(self, ckpt):
-    """(step, state, stopper): the latest checkpoint and early-stopping record, else a fresh
-    initialisation with the source's encoder (and its classifier when its labels match)."""
-    stopper = EarlyStopping.from_config(self.config.early_stopping)
+    """(step, state, selection): the latest checkpoint and the early-stopping state as of it, else
+    a fresh initialisation with the source's encoder (and its classifier when its labels match)."""
+    selection = Selection.from_config(self.config.early_stopping)
     restored = ckpt.restore_latest(self.compiled.abstract_state, None)
     if restored is not None:
       step, state = restored
-      record = os.path.join(self.workdir, "early_stopping.json")
-      if os.path.isfile(record):
-        with open(record) as f:
-          stopper = EarlyStopping(**json.load(f))
       log.info("resumed %s at step %d", self.workdir, step)
-      return step, state, stopper
+      return step, state, selection.restore(self.workdir, step)
     with self.rt.sharding_context():
       state = self.compiled.init(jax.random.key(int(self.config.seed), impl="rbg"))
     source = self.source
@@ -232,16 +185,38 @@ class FineTuning:
         src["classifier"] = source.params["classifier"]  # same labels: keep the trained head
       params, _ = init_from.merge_params(state.params, src, origin=source.origin)
       state = state.replace(params=params)
-    return 0, state, stopper
+    return 0, state, selection
 
-  def evaluate(self, params) -> dict:
+  def evaluate(self, state) -> dict:
     t = time.perf_counter()
     task = self.config.task
-    outputs = inference.predict_probs(self.rt, params, self.enc_dev, self.eval_batch_size,
+    outputs = inference.predict_probs(self.rt, state.params, self.enc_dev, self.eval_batch_size,
                                       self.buckets, task.truncated_tag)
     result = inference.score(self.kind, self.labels, outputs, self.dev_ex, task.positive_label)
     result["eval_time_s"] = time.perf_counter() - t
     return result
+
+  # --- the loop's Task: the step, the window's scalars, the hooks --------------------------------
+
+  def step(self, state, batch):
+    return self.compiled.train_step(state, batch, self._seed)
+
+  def train_scalars(self, sums: dict, step: int) -> dict:
+    return {**steps.summarize(sums, self.kind), "epoch": step / self.per_epoch}
+
+  def after_eval(self, state, metrics: dict, selection):
+    plateau = self.config.reduce_on_plateau
+    if not plateau.enabled:
+      return state, {}
+    # The plateau rule wants lower-is-better: the negated selection score.
+    opt_state, scale = optim.step_plateau(state.opt_state, plateau, -selection.score(metrics))
+    return state.replace(opt_state=opt_state), {"lr_scale": scale}
+
+  def checkpoint_view(self, state):
+    return _host(state)
+
+  def context(self):
+    return self.rt.sharding_context()
 
   def train(self) -> dict:
     """Trains to the end or until early stopping; returns the best evaluation and run facts."""
@@ -256,91 +231,56 @@ class FineTuning:
         best_metric="selection_score" if config.checkpoint.keep_best else None,
         async_save=bool(config.checkpoint.async_save))
     try:
-      step, state, stopper = self.initial_state(ckpt)
+      step, state, selection = self.initial_state(ckpt)
+      eval_every = int(config.eval.every_steps) or self.per_epoch
+      cadence = loop.Cadence.from_config(
+          config.train, num_steps=self.num_steps, eval_every=eval_every,
+          save_every=int(config.checkpoint.every_steps) or eval_every, save_with_eval=True)
     except BaseException:
       ckpt.close()  # orbax's background cleanup must not outlive the interpreter (see trainer)
       raise
-    writer = MetricWriter(workdir)
-    seed = jax.device_put(np.int32(config.seed), self.compiled.replicated)
-    eval_every = int(config.eval.every_steps) or self.per_epoch
-    log_every = int(config.train.log_every)
-    totals = {"train_s": 0.0, "tokens": 0.0, "real_tokens": 0.0}
-    window, epoch, epoch_batches, window_start = [], -1, None, time.perf_counter()
-    with self.rt.sharding_context():
-      while step < self.num_steps and not stopper.stopped:
-        if step // self.per_epoch != epoch:  # the epoch's batches, replayed exactly on resume
-          epoch = step // self.per_epoch
-          epoch_batches = self._epoch_batches(epoch)
-        batch = self._batch(*epoch_batches[step % self.per_epoch])
-        state, metrics = self.compiled.train_step(state, self.rt.global_batch(batch), seed)
-        step += 1
-        window.append(metrics)  # device arrays: fetched once per log window, no per-step sync
-        eval_now = step % eval_every == 0 or step == self.num_steps
-        if step % log_every == 0 or eval_now:  # a window never spans an eval: eval is not training
-          in_row = self._log_window(writer, step, window, window_start, totals)
-          if in_row >= int(config.train.max_nonfinite_in_row):
-            ckpt.close()
-            raise RuntimeError(f"{in_row} non-finite (NaN/Inf) steps in a row at step {step}; "
-                               f"their updates were skipped; the last checkpoint is intact")
-          window = []
-          if eval_now:
-            state = self._eval_and_save(ckpt, writer, stopper, step, state)
-          window_start = time.perf_counter()
-    ckpt.close()
-    writer.close()
-    final = {**(stopper.best_metrics or {}), "step": stopper.best_step, "last_step": step,
-             "stopped_early": stopper.stopped, "num_train_examples": len(self.train_ex),
+    self._seed = jax.device_put(np.int32(config.seed), self.compiled.replicated)
+    batches = DevicePrefetcher(_PlannedBatches(self, step), self.rt.global_batch,
+                               int(config.data.device_prefetch))
+    out = loop.run(self, state, start_step=step, batches=batches, checkpointer=ckpt,
+                   cadence=cadence, selection=selection, workdir=workdir,
+                   config_dict=self.config_json)
+    final = {**(selection.best_metrics or {}), "step": selection.best_step, "last_step": out.step,
+             "stopped_early": selection.stopped, "num_train_examples": len(self.train_ex),
              "num_eval_examples": len(self.dev_ex), "steps_per_epoch": self.per_epoch,
              "labels": self.labels, "wall_time_s": time.perf_counter() - start}
     if cache_size is not None:
       final["train_step_compiles"] = int(cache_size()) - compiled_before
-    if totals["train_s"]:
-      final.update(train_time_s=totals["train_s"],
-                   train_tokens_per_s=totals["tokens"] / totals["train_s"],
-                   train_real_tokens_per_s=totals["real_tokens"] / totals["train_s"])
-    _write_json(os.path.join(workdir, "eval_results.json"), final)
+    if out.train_s:
+      final.update(train_time_s=out.train_s, train_tokens_per_s=out.tokens / out.train_s,
+                   train_real_tokens_per_s=out.real_tokens / out.train_s)
+    write_json(workdir, "eval_results.json", final)
     return final
 
-  def _log_window(self, writer, step, window: list[dict], window_start: float, totals) -> int:
-    """Writes the window's train scalars; returns the non-finite-steps-in-a-row count."""
-    fetched = jax.device_get(window)
-    # Timed after the fetch: steps are dispatched asynchronously, so the clock at the last
-    # dispatch undercounts the window by whatever the device had still queued.
-    elapsed = time.perf_counter() - window_start
-    host = {k: np.sum([m[k] for m in fetched], axis=0) for k in fetched[0]}
-    totals["train_s"] += elapsed
-    totals["tokens"] += float(host["tokens"])
-    totals["real_tokens"] += float(host["real_tokens"])
-    scalars = steps.summarize(host, self.kind)
-    scalars.update(tokens_per_s=float(host["tokens"]) / elapsed,
-                   real_tokens_per_s=float(host["real_tokens"]) / elapsed,
-                   steps_per_s=float(host["steps"]) / elapsed, epoch=step / self.per_epoch)
-    writer.write_scalars(step, scalars)
-    log.info("step %d/%d %s", step, self.num_steps,
-             " ".join(f"{k}={v:.4g}" for k, v in scalars.items()))
-    return int(fetched[-1]["nonfinite_in_row"])
 
-  def _eval_and_save(self, ckpt, writer, stopper: EarlyStopping, step: int, state):
-    result = self.evaluate(state.params)
-    writer.write_scalars(step, _numeric(result), prefix="eval")
-    improved = stopper.update(step, result)
-    log.info("eval step %d: %s=%.4f (best %.4f at step %d)%s", step, stopper.metric,
-             result[stopper.metric], abs(stopper.best), stopper.best_step,
-             "; stopping early" if stopper.stopped else "")
-    plateau = self.config.reduce_on_plateau
-    if plateau.enabled:  # lower is better for the plateau rule
-      opt_state, scale = optim.step_plateau(state.opt_state, plateau, -stopper.score(result))
-      state = state.replace(opt_state=opt_state)
-      writer.write_scalars(step, {"lr_scale": scale}, prefix="eval")
-    # Metrics only on improvements: BestN then keeps the first step that reached the best score
-    # (as best.json says), never a later tie; LatestN keeps the resume point.
-    metrics = {"selection_score": stopper.best, **_numeric(result)} if improved else None
-    ckpt.save(step, _host(state), None, self.config_json, metrics=metrics, force=True)
-    _write_json(os.path.join(self.workdir, "early_stopping.json"), dataclasses.asdict(stopper))
-    if improved:
-      _write_json(os.path.join(self.workdir, "best.json"),
-                  {"step": step, "metric": stopper.metric, "metrics": result})
-    return state
+class _PlannedBatches:
+  """Fine-tuning's training batches in order. Step k's batch is a pure function of (seed, k)
+  through its epoch's plan, so the step alone is the stream's position: a resumed run replays
+  exactly, and checkpoints hold nothing for the data."""
+
+  def __init__(self, run: FineTuning, step: int):
+    self.run, self.next_step, self._plan = run, step, (None, None)
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict:
+    epoch, index = divmod(self.next_step, self.run.per_epoch)
+    if self._plan[0] != epoch:  # the epoch's batches, planned once
+      self._plan = (epoch, self.run._epoch_batches(epoch))
+    self.next_step += 1
+    return self.run._batch(*self._plan[1][index])
+
+  def get_state(self) -> dict:
+    return {"next_step": self.next_step}
+
+  def set_state(self, state: dict) -> None:
+    self.next_step = int(state["next_step"])
 
 
 def train_and_evaluate(config, workdir: str) -> dict:

@@ -60,11 +60,16 @@ def pretrain_defaults() -> config_dict.ConfigDict:
   c.checkpoint = config_dict.ConfigDict()
   c.checkpoint.every_steps = 1000
   c.checkpoint.keep = 2  # latest N; the best by eval metric is kept besides
-  c.checkpoint.best_metric = "mlm_accuracy"  # "" = no best checkpoint
+  c.checkpoint.best_metric = "mlm_accuracy"  # "" = no best checkpoint (and no early stopping)
   # Whether the best is the highest or the lowest value: max | min | auto (by the metric's name:
   # loss, *_loss, mse, perplexity, *_error -> min; otherwise max).
   c.checkpoint.best_mode = "auto"
   c.checkpoint.async_save = True
+
+  # Evaluations of checkpoint.best_metric without improvement before the run stops; 0 = never.
+  c.early_stopping = config_dict.ConfigDict()
+  c.early_stopping.patience = 0
+  c.early_stopping.min_delta = 0.0
 
   c.eval = config_dict.ConfigDict()
   c.eval.every_steps = 1000

@@ -153,9 +153,10 @@ class ElasticDataHandler(_GrainHandler):
 
 
 def _json_state(item) -> bool:
-  """Whether the iterator (under a DevicePrefetcher, its source) keeps a JSON-able dict state."""
+  """Whether the iterator (under a DevicePrefetcher, its source) keeps a JSON-able dict state (a
+  grain DatasetIterator, or any batch source of the loop's), not a DataLoader's bytes."""
   base = item.source if isinstance(item, DevicePrefetcher) else item
-  return isinstance(base, grain.DatasetIterator)
+  return isinstance(base, grain.DatasetIterator) or isinstance(base.get_state(), dict)
 
 
 @ocp.args.register_with_handler(ElasticDataHandler, for_save=True)

@@ -1,27 +1,23 @@
-"""Pretraining: build the sharded state, resume or initialise, run the loop, evaluate, checkpoint.
+"""Pretraining: the sharded state, its resume or initialisation, batches, step and evaluation.
 
-The loop never waits for the devices except at log, eval and checkpoint steps: metrics stay on the
-devices as running sums, the next `data.device_prefetch` batches are put on the devices while the
-step runs (mebert.parallel.prefetch), and the progress bar, TensorBoard and metrics.jsonl are
-updated every `train.log_every` steps. `train.guard_host_sync=True` (a debug option) makes any
-device-to-host read elsewhere in the loop raise (mebert.train.host_sync). The train and eval steps
-are each traced and compiled once per run.
+What is pretraining's own lives here (Experiment: tokenizer, model, mesh, shardings, the jitted
+steps, the held-out evaluation); the loop itself (logging, evaluation cadence, checkpoints,
+preemption, non-finite stop, profiler, host-sync guard) is mebert.train.loop, shared with
+fine-tuning and distillation. The next `data.device_prefetch` batches are put on the devices while
+a step runs (mebert.parallel.prefetch), and the checkpoint saves the data position with the state,
+so a resumed run sees the same batches. The train and eval steps are each traced and compiled
+once per run.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import logging
-import signal
-import time
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tqdm
-from etils import epath
 
 from mebert.data.pipeline import make_pretraining_iterator
 from mebert.data.tokenizer import ensure_tokenizer
@@ -29,14 +25,11 @@ from mebert.model import positions
 from mebert.model.config import ModelConfig
 from mebert.parallel import mesh as mesh_lib
 from mebert.parallel.prefetch import DevicePrefetcher
-from mebert.train import checkpoints, distributed, host_sync, init_from, objectives, optimizer, steps
-from mebert.train.metric_writer import MetricWriter
+from mebert.train import checkpoints, distributed, init_from, loop, objectives, optimizer, steps
+from mebert.train import selection as selection_lib
+from mebert.train.records import write_json
 
 log = logging.getLogger(__name__)
-
-
-class TrainingStopped(RuntimeError):
-  """The run stopped itself (too many non-finite steps); the last good checkpoint is intact."""
 
 
 class Experiment:
@@ -170,68 +163,57 @@ def _model_batch(batch: dict) -> dict:
   return {k: batch[k] for k in _MODEL_BATCH_KEYS + _PACKED_BATCH_KEYS if k in batch}
 
 
-# One dispatch per step for all the metric sums (jnp.add over the tree would be one per metric).
-_add_sums = jax.jit(lambda sums, metrics: jax.tree.map(jnp.add, sums, metrics))
-
-
 def _close(iterator) -> None:
   close = getattr(iterator, "close", None)
   if close is not None:
     close()
 
 
-class _StopSignal:
-  """A preemption notice: the loop saves a checkpoint at the current step and exits cleanly.
+class _Pretraining(loop.Task):
+  """Pretraining's part of the loop: its step, metrics and evaluation."""
 
-  One process: SIGTERM/SIGINT set a flag. Under jax.distributed: JAX's preemption service takes
-  SIGTERM (on any one host is enough), tells every host, and `reached_preemption_sync_point` turns
-  True at the same step on all of them, so all save that step together; Python's handlers stay out
-  of its way, since one host saving a step the others never reach would hang the collective save.
-  """
+  name = "pretrain"
+  progress_keys = ("loss", "mlm_accuracy")
 
-  def __init__(self, distributed_runtime: bool = False):
-    self.received = None
-    self._distributed = distributed_runtime
-    self._previous = {}
+  def __init__(self, exp: Experiment, record_ids):
+    self.exp, self.train_step, self.record_ids = exp, exp.jitted_train_step(), record_ids
 
-  def __enter__(self):
-    if not self._distributed:
-      for sig in (signal.SIGTERM, signal.SIGINT):
-        self._previous[sig] = signal.signal(sig, self._handle)
-    return self
+  def step(self, state, batch):
+    return self.train_step(state, batch)
 
-  def _handle(self, signum, frame):
-    self.received = signal.Signals(signum).name
+  def evaluate(self, state) -> dict:
+    return self.exp.evaluate(state.params)
 
-  def check(self, step: int) -> bool:
-    """Called after every step, on every process: whether to save `step` and exit."""
-    if self._distributed:
-      from jax.experimental import multihost_utils
+  def train_scalars(self, sums: dict, step: int) -> dict:
+    return steps.summarize(sums)
 
-      if multihost_utils.reached_preemption_sync_point(step):
-        self.received = "SIGTERM (JAX preemption sync point)"
-    return self.received is not None
+  def observe_batch(self, step: int, host_batch) -> None:
+    self.record_ids(step, host_batch)
 
-  def __exit__(self, *exc):
-    for sig, handler in self._previous.items():
-      signal.signal(sig, handler)
+  def context(self):
+    return self.exp.sharding_context()
 
 
-def write_json(workdir: str, name: str, record: dict) -> None:
-  if jax.process_index() == 0:
-    path = epath.Path(workdir)
-    path.mkdir(parents=True, exist_ok=True)
-    (path / name).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+def selection_rule(config) -> selection_lib.Selection | None:
+  """checkpoint.best_metric (in checkpoint.best_mode's direction) decides the best checkpoint;
+  early_stopping.patience evaluations without improvement stop the run. None: no best kept."""
+  metric = str(config.checkpoint.best_metric)
+  if not metric:
+    return None
+  return selection_lib.Selection(
+      metric, str(config.checkpoint.best_mode),
+      int(config.early_stopping.patience), float(config.early_stopping.min_delta),
+      key="checkpoint.best_metric")
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
   """Pretrains to config.train.num_steps, resuming from the workdir; returns the final eval."""
   exp = Experiment(config, workdir)
-  train_cfg = config.train
   train_iter = exp.data_iterator("train")  # a bad data file fails before orbax starts its threads
+  selection = selection_rule(config)
   ckpt = checkpoints.Checkpointer(workdir, keep=int(config.checkpoint.keep),
-                                  best_metric=config.checkpoint.best_metric or None,
-                                  best_mode=str(config.checkpoint.best_mode),
+                                  best_metric=selection.metric if selection else None,
+                                  best_mode=selection.mode if selection else "auto",
                                   async_save=bool(config.checkpoint.async_save))
   try:
     if ckpt.all_steps():
@@ -243,6 +225,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
     else:
       state = init_from.maybe_initialize(exp.init_state(), config, exp)
       start_step = int(jax.device_get(state.step))  # init.continue_from: the earlier run's step
+    cadence = loop.Cadence.from_config(
+        config.train, num_steps=int(config.train.num_steps),
+        eval_every=int(config.eval.every_steps), save_every=int(config.checkpoint.every_steps))
   except BaseException:
     # Close before the error reaches the exit: orbax's background cleanup must not outlive the
     # interpreter, or its own traceback, not ours, becomes the last line printed.
@@ -250,82 +235,19 @@ def train_and_evaluate(config, workdir: str) -> dict:
     raise
   # Only now that data, checkpoint and init all check out: a bad input leaves the workdir as it was.
   write_json(workdir, "config.json", config.to_dict())
-  writer = MetricWriter(workdir)
-  train_step = exp.jitted_train_step()
   batches = DevicePrefetcher(
       train_iter, lambda host: mesh_lib.global_batch(_model_batch(host), exp.mesh),
       int(config.data.device_prefetch))
-  guard = bool(train_cfg.guard_host_sync)
-  num_steps = int(train_cfg.num_steps)
-  log_every, eval_every = int(train_cfg.log_every), int(config.eval.every_steps)
-  save_every = int(config.checkpoint.every_steps)
-  profile = [int(s) for s in str(train_cfg.profile_steps).split(",") if s.strip()]
-  config_dict = config.to_dict()
-
-  record_ids = distributed.ExampleIdRecorder(workdir)  # opt-in: MEBERT_RECORD_EXAMPLE_IDS=1
-  progress = tqdm.tqdm(total=num_steps, initial=start_step, desc="pretrain", unit="step",
-                       disable=jax.process_index() != 0, dynamic_ncols=True)
-  sums, last_log_time, last_log_step = None, time.perf_counter(), start_step
-  step = start_step
-  with exp.sharding_context(), _StopSignal(distributed.runtime_started()) as stop:
-    while step < num_steps:
-      if profile and step == profile[0]:
-        jax.profiler.start_trace(str(epath.Path(workdir) / "profile"))
-      with host_sync.no_host_reads(guard):
-        batch, device_batch = next(batches)
-        record_ids(step + 1, batch)
-        with jax.profiler.StepTraceAnnotation("train", step_num=step):
-          state, metrics = train_step(state, device_batch)
-        step += 1
-        batches.fill(limit=num_steps - step)  # while this step runs
-        last_in_row = metrics.pop("nonfinite_in_row")
-        sums = metrics if sums is None else _add_sums(sums, metrics)
-      if profile and len(profile) > 1 and step == profile[1]:
-        jax.profiler.stop_trace()
-      if step % log_every == 0 or step == num_steps:
-        host = jax.device_get(sums)
-        elapsed = time.perf_counter() - last_log_time
-        scalars = steps.summarize(host)
-        scalars["tokens_per_s"] = float(host["tokens"]) / elapsed
-        scalars["real_tokens_per_s"] = float(host["real_tokens"]) / elapsed
-        scalars["steps_per_s"] = (step - last_log_step) / elapsed
-        writer.write_scalars(step, scalars)
-        progress.set_postfix(loss=f"{scalars['loss']:.3f}", mlm_acc=f"{scalars['mlm_accuracy']:.3f}",
-                             tok_s=f"{scalars['tokens_per_s']:.0f}")
-        in_row = int(jax.device_get(last_in_row))
-        if in_row >= int(train_cfg.max_nonfinite_in_row):
-          ckpt.close()
-          raise TrainingStopped(
-              f"{in_row} non-finite (NaN/Inf) steps in a row at step {step} "
-              f"(train.max_nonfinite_in_row={train_cfg.max_nonfinite_in_row}); their updates were "
-              f"skipped and the last checkpoint in {checkpoints.checkpoint_dir(workdir)} is intact")
-        sums, last_log_time, last_log_step = None, time.perf_counter(), step
-      progress.update(1)
-      eval_metrics = None
-      if step % eval_every == 0 and step != num_steps:
-        eval_metrics = exp.evaluate(state.params)
-        writer.write_scalars(step, _numeric(eval_metrics), prefix="eval")
-      preempted = stop.check(step)
-      if step % save_every == 0 or preempted:
-        ckpt.save(step, state, batches, config_dict, metrics=_numeric(eval_metrics) or None,
-                  force=preempted)
-      if preempted:
-        log.warning("%s received: saved step %d, exiting", stop.received, step)
-        ckpt.close()
-        writer.close()
-        progress.close()
-        raise SystemExit(0)
-  progress.close()
-
-  final = exp.evaluate(state.params)
-  final["step"] = step
-  writer.write_scalars(step, _numeric(final), prefix="eval")
-  if step not in ckpt.all_steps():
-    ckpt.save(step, state, batches, config_dict, metrics=_numeric(final), force=True)
-  ckpt.close()
-  writer.close()
-  batches.close()
-  write_json(workdir, f"eval_step_{step}.json", final)
+  if selection is not None:
+    selection = selection.restore(workdir, start_step)
+  task = _Pretraining(exp, distributed.ExampleIdRecorder(workdir))  # MEBERT_RECORD_EXAMPLE_IDS=1
+  out = loop.run(task, state, start_step=start_step, batches=batches, checkpointer=ckpt,
+                 cadence=cadence, selection=selection, workdir=workdir,
+                 config_dict=config.to_dict(), save_batches=True)
+  # A run that was already finished evaluates its last checkpoint again.
+  final = dict(out.last_eval) if out.last_eval is not None else exp.evaluate(out.state.params)
+  final["step"] = out.step
+  write_json(workdir, f"eval_step_{out.step}.json", final)
   return final
 
 
@@ -348,10 +270,6 @@ def _check_same_architecture(config, workdir: str) -> None:
     raise ValueError(f"{workdir} holds checkpoints of another architecture: {', '.join(changed)}; "
                      "resume with the run's own model config, or train in a new workdir "
                      "(init.checkpoint=... starts from these weights)")
-
-
-def _numeric(metrics: dict | None) -> dict:
-  return {k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float))}
 
 
 def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict:

@@ -7,7 +7,7 @@ import optax
 import pytest
 
 from mebert.tasks import optim
-from mebert.tasks.finetune import EarlyStopping
+from mebert.train.selection import Selection
 
 
 def _tree(scanned=False):
@@ -63,13 +63,13 @@ def test_reduce_on_plateau_scales_updates_after_patience_evals():
 
 
 def test_early_stopping_rule():
-  es = EarlyStopping("accuracy", "max", patience=2, min_delta=0.0)
+  es = Selection("accuracy", "max", patience=2, min_delta=0.0)
   history = [es.update(s, {"accuracy": a}) for s, a in ((1, 0.5), (2, 0.6), (3, 0.6), (4, 0.55))]
   assert history == [True, True, False, False] and es.stopped and es.best_step == 2
-  loss = EarlyStopping.from_config(_ns(metric="loss", mode="auto", patience=1, min_delta=0.0))
+  loss = Selection.from_config(_ns(metric="loss", mode="auto", patience=1, min_delta=0.0))
   assert loss.mode == "min" and loss.update(1, {"loss": 2.0}) and loss.update(2, {"loss": 1.0})
   with pytest.raises(ValueError, match="early_stopping.metric='f2'"):
-    EarlyStopping("f2", "max", 1, 0.0).update(1, {"f1": 0.3})
+    Selection("f2", "max", 1, 0.0).update(1, {"f1": 0.3})
 
 
 def _ns(**kw):

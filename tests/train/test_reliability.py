@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from tiny_run import REPO, read_losses, subprocess_env, tiny_config
 
-from mebert.train import checkpoints, trainer
+from mebert.train import checkpoints, loop, trainer
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +93,7 @@ def test_nan_steps_are_skipped_then_the_run_stops(tmp_path, monkeypatch):
 
   monkeypatch.setattr(trainer.mesh_lib, "global_batch", poisoned)
   config = tiny_config(**{"train.num_steps": 20, "train.max_nonfinite_in_row": 3})
-  with pytest.raises(trainer.TrainingStopped, match="3 non-finite"):
+  with pytest.raises(loop.TrainingStopped, match="3 non-finite"):
     trainer.train_and_evaluate(config, str(tmp_path))
   # Skipped updates leave the parameters as they were: every checkpoint written is a good one.
   params, _, step = checkpoints.restore_params_and_step(str(tmp_path))

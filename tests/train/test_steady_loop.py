@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 from tiny_run import read_losses, tiny_config
 
-from mebert.train import checkpoints, host_sync, steps, trainer
+from mebert.train import checkpoints, host_sync, loop, steps, trainer
 
 # Two dozen steps, logging every 4, evaluating every 10, saving every 8: every kind of step happens
 # more than once. The interrupted run stops at 19; its last periodic checkpoint is 16, where the
-# logging windows of both runs line up again (a logged loss is its window's mean). A constant
+# logging windows of both runs line up again (a logged loss is its window's mean; windows also
+# close before each evaluation and checkpoint). A constant
 # learning rate after warmup: a decay would depend on num_steps, which the stopped run shortens.
 CADENCE = {"train.num_steps": 24, "train.log_every": 4, "eval.every_steps": 10,
            "checkpoint.every_steps": 8, "train.schedule": "constant"}
@@ -73,7 +74,8 @@ def test_one_compile_per_run_no_host_reads_and_prefetch_resumes_bitwise(tmp_path
   assert counted.run(fast, resumed) == ({"train_step": 1, "eval_step": 1}, 1)
 
   want, got = read_losses(reference), read_losses(resumed)
-  assert sorted(want) == [4, 8, 12, 16, 20, 24] and set(want) <= set(got)
+  # Every 4 steps, and before each evaluation (a log window never spans one).
+  assert sorted(want) == [4, 8, 10, 12, 16, 20, 24] and set(want) <= set(got)
   np.testing.assert_array_equal([got[s] for s in sorted(want)], [want[s] for s in sorted(want)])
   a, _ = checkpoints.restore_params(str(reference), 24)
   b, _ = checkpoints.restore_params(str(resumed), 24)
@@ -84,13 +86,13 @@ def test_one_compile_per_run_no_host_reads_and_prefetch_resumes_bitwise(tmp_path
 def test_a_host_read_between_log_steps_fails_under_the_guard(tmp_path, monkeypatch):
   """A stray float(loss) in the loop (here injected into the metric accumulation of step 2 of 4,
   not a log step): with train.guard_host_sync it raises, naming the option."""
-  accumulate = trainer._add_sums
+  accumulate = loop._add_sums
 
   def leaky(sums, metrics):
     float(metrics["loss"])
     return accumulate(sums, metrics)
 
-  monkeypatch.setattr(trainer, "_add_sums", leaky)
+  monkeypatch.setattr(loop, "_add_sums", leaky)
   config = tiny_config(**{"train.num_steps": 4, "train.log_every": 4, "train.guard_host_sync": True})
   with pytest.raises(host_sync.HostSyncError, match="guard_host_sync"):
     trainer.train_and_evaluate(config, str(tmp_path / "guarded"))

@@ -1,0 +1,27 @@
+"""A run's JSON records in its workdir (config.json, eval_step_<N>.json, eval_results.json,
+best.json, early_stopping.json): written by process 0, whole or not at all."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+from etils import epath
+
+
+def write_json(workdir: str, name: str, record: dict) -> None:
+  """WORKDIR/name on process 0, through a temporary file and a rename, so a kill never leaves half
+  a record; values JSON cannot hold (numpy scalars, paths) are written as strings."""
+  if jax.process_index() != 0:
+    return
+  path = epath.Path(workdir)
+  path.mkdir(parents=True, exist_ok=True)
+  tmp = path / f"{name}.tmp"
+  tmp.write_text(json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
+  tmp.replace(path / name)
+
+
+def numeric(metrics: dict | None) -> dict:
+  """The scalar entries of a metrics dict (what TensorBoard and checkpoint metrics take)."""
+  return {k: float(v) for k, v in (metrics or {}).items()
+          if isinstance(v, (int, float)) and not isinstance(v, bool)}
