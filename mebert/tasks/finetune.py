@@ -31,6 +31,7 @@ from mebert.tasks import batching, data as data_lib, inference, optim, quantized
 from mebert.tasks.defaults import TASK_KINDS
 from mebert.parallel.prefetch import DevicePrefetcher
 from mebert.train import checkpoints, init_from, loop
+from mebert.train import optimizer as base_optimizer
 from mebert.train.records import write_json
 from mebert.train.selection import Selection
 
@@ -140,8 +141,7 @@ class FineTuning(loop.Task):
       self.per_epoch = batching.steps_per_epoch(self.enc_train.lengths, self.buckets,
                                                 int(train.batch_size))
     self.num_steps = int(train.num_steps) or max(1, math.ceil(float(train.num_epochs) * self.per_epoch))
-    warmup = int(train.warmup_steps)
-    self.warmup = warmup if warmup >= 0 else int(round(float(train.warmup_ratio) * self.num_steps))
+    self.warmup = base_optimizer.warmup_steps(train, self.num_steps)
 
   def _epoch_batches(self, epoch: int) -> list[tuple[np.ndarray, int]]:
     """(example indices, rows or padded length) per step; deterministic in (seed, epoch)."""

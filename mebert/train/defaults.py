@@ -35,7 +35,8 @@ def pretrain_defaults() -> config_dict.ConfigDict:
   c.train.objective = "mlm"  # "mlm" (BERT's MLM, + NSP/SOP per data.next_sentence) or "electra"
   c.train.optimizer = "adamw"  # or "lamb" for very large batches
   c.train.learning_rate = 1e-4
-  c.train.warmup_steps = 10_000
+  c.train.warmup_steps = 10_000  # cut to the schedule when longer (with a warning)
+  c.train.warmup_ratio = 0.0  # used when warmup_steps < 0: this fraction of the schedule
   # The steps the learning-rate schedule spans; 0 = train.num_steps. Longer when this run is the
   # first phase of one schedule over several (BERT's phase 1: 900k steps of a 1M-step schedule).
   c.train.schedule_steps = 0

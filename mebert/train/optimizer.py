@@ -16,9 +16,13 @@ Only ScaleByAdamState and ScaleByScheduleState hold arrays; `schedule_count` rea
 
 from __future__ import annotations
 
+import logging
+
 import jax
 import jax.numpy as jnp
 import optax
+
+log = logging.getLogger(__name__)
 
 SCHEDULES = ("linear", "cosine", "polynomial", "constant")
 OPTIMIZERS = ("adamw", "lamb")
@@ -37,13 +41,36 @@ def schedule_length(train_config) -> int:
   return length
 
 
+_warned: set = set()
+
+
+def warmup_steps(train_config, num_steps: int | None = None) -> int:
+  """The warmup of a schedule of `num_steps` (default: schedule_length): train.warmup_steps, or
+  when it is negative train.warmup_ratio of the schedule. A warmup longer than the schedule is cut
+  to it, with a warning (a short smoke run of a long recipe, e.g. --config.train.num_steps=3)."""
+  total = schedule_length(train_config) if num_steps is None else int(num_steps)
+  warmup = int(train_config.warmup_steps)
+  if warmup < 0:
+    ratio = float(train_config.get("warmup_ratio", -1.0))
+    if not 0.0 <= ratio <= 1.0:
+      raise ValueError(f"train.warmup_steps={warmup} asks for train.warmup_ratio of the run, but "
+                       f"train.warmup_ratio={ratio} is not in [0, 1]")
+    return int(round(ratio * total))
+  if warmup > total:
+    if (warmup, total) not in _warned:
+      _warned.add((warmup, total))
+      log.warning("train.warmup_steps=%d is longer than the schedule (%d steps: train.num_steps or "
+                  "train.schedule_steps): warming up over all %d", warmup, total, total)
+    return total
+  return warmup
+
+
 def learning_rate_schedule(train_config) -> optax.Schedule:
   peak = float(train_config.learning_rate)
   total = schedule_length(train_config)
-  warmup = int(train_config.warmup_steps)
-  if warmup < 0 or warmup > total:
-    raise ValueError(f"train.warmup_steps={warmup} must be in [0, {total}] (the schedule's "
-                     "length: train.schedule_steps or train.num_steps)")
+  if total <= 0:
+    raise ValueError(f"train.num_steps={total} must be > 0")
+  warmup = warmup_steps(train_config)
   end = peak * float(train_config.get("end_learning_rate_ratio", 0.0))
   decay_steps = max(total - warmup, 1)
   kind = train_config.get("schedule", "linear")

@@ -154,3 +154,24 @@ def test_mesh_that_does_not_divide_devices_is_named():
   with pytest.raises(ValueError, match="mesh"):
     mesh_lib.mesh_shape({"data": 3, "fsdp": 1, "tensor": 1}, 8)
   assert mesh_lib.mesh_shape({"data": -1, "fsdp": 2, "tensor": 2}, 8) == (2, 2, 2)
+
+
+def test_a_warmup_longer_than_the_run_is_cut_to_it_and_a_ratio_is_of_the_run(caplog):
+  """--config.train.num_steps=3 on a config with 60 warmup steps: warm up over the 3 steps (with a
+  warning), not fail; a negative warmup_steps means warmup_ratio of the run; a negative without a
+  usable ratio is the one error left."""
+  import logging
+
+  train = pretrain_defaults().train
+  train.num_steps, train.warmup_steps, train.learning_rate = 3, 60, 1e-3
+  with caplog.at_level(logging.WARNING):
+    schedule = optimizer.learning_rate_schedule(train)
+  assert "train.warmup_steps=60 is longer than the schedule (3 steps" in caplog.text
+  np.testing.assert_allclose([float(schedule(s)) for s in range(4)], [0, 1e-3 / 3, 2e-3 / 3, 1e-3],
+                             rtol=1e-6)
+  train.num_steps, train.warmup_steps, train.warmup_ratio = 50, -1, 0.1
+  assert optimizer.warmup_steps(train) == 5 and optimizer.warmup_steps(train, 200) == 20
+  train.warmup_ratio = 1.5
+  with pytest.raises(ValueError, match=r"train.warmup_steps=-1 .* train.warmup_ratio=1.5 is not "
+                                       r"in \[0, 1\]"):
+    optimizer.learning_rate_schedule(train)
