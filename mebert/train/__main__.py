@@ -1,27 +1,66 @@
-"""The one entrypoint: `python -m mebert.train --config=configs/pretrain/tiny.py --workdir=DIR`.
+"""The one entrypoint, for every mode and every task:
 
-Modes: train (default; resumes from the workdir), eval (restores a checkpoint, prints one JSON line
-of metrics), predict (fine-tuning configs: see mebert.tasks.finetune), compile (lowers and compiles
-the train step for the configured mesh, prints memory and FLOPs).
-Overrides: --config.train.num_steps=100 --config.model.num_layers=2 ...
+  python -m mebert.train --config=CONFIG --workdir=DIR [--mode=MODE] [--config.KEY=VALUE ...]
+
+Modes:
+  train    (default) pretrain, fine-tune or distil, as the config says, through the one loop
+           (mebert.train.loop); the same command resumes from the workdir's latest checkpoint,
+           and SIGTERM/SIGINT save the current step and exit 0
+  eval     restore a checkpoint (--step; default: fine-tuning's best, pretraining's latest) and
+           print one JSON line of dev metrics; --workdir=W1,W2 evaluates an ensemble of
+           fine-tuned models; --quantize=int8 evaluates int8 weights
+  predict  fine-tuning and distillation workdirs: label every row of --input into --output
+  compile  pretraining configs: lower and compile the train step for the configured mesh, print
+           its memory and FLOPs
+
+Config families (configs/FAMILY/NAME.py):
+{families}
+Overrides: --config.train.num_steps=3 --config.model.num_layers=2 ... (a mistyped key fails,
+naming it).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import pathlib
+import textwrap
 
 from absl import app, flags
 from ml_collections import config_flags
 
 from mebert import host_memory
 
+FAMILIES = {
+    "pretrain": "pretraining on text (masked LM with NSP/SOP, or ELECTRA)",
+    "finetune": "fine-tuning on labelled data (classification, regression, tagging)",
+    "distill": "distillation of a fine-tuned teacher into a smaller student",
+    "experiments": "experiment drivers (their docstrings say how to run them)",
+}
+
+
+def _families() -> str:
+  """The config families beside the package (a checkout), one line each with its configs."""
+  configs = pathlib.Path(__file__).resolve().parents[2] / "configs"
+  folders = sorted(p for p in configs.glob("*") if p.is_dir()) if configs.is_dir() else []
+  if not folders:
+    return "  (no configs/ folder beside the package: see the repository's configs/)\n"
+  lines = []
+  for folder in folders:
+    names = ", ".join(sorted(p.stem for p in folder.glob("*.py") if not p.name.startswith("_")))
+    lines.append(textwrap.fill(f"{folder.name + '/':13s}{FAMILIES.get(folder.name, '')}: {names}",
+                               98, initial_indent="  ", subsequent_indent=" " * 15))
+  return "\n".join(lines) + "\n"
+
+
+__doc__ = __doc__.format(families=_families())  # absl prints it for --help
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and the vocabulary "
                                "(local path or gs://).")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "compile", "predict"], "What to do "
-                          "(predict: fine-tuning configs only).")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "predict", "compile"], "What to do "
+                          "(see the modes above).")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step for --mode=eval (default: latest; "
                              "fine-tuning: the best).")
 _INPUT = flags.DEFINE_string("input", None, "--mode=predict: the file to label.")

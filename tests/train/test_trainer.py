@@ -187,3 +187,14 @@ def test_second_run_loads_compiled_programs_from_first_runs_workdir_cache(tmp_pa
   assert "Persistent compilation cache hit for 'jit_train_step'" in second.stderr
   assert not (tmp_path / "b" / "xla_cache").exists()
   assert json.loads(second.stdout.splitlines()[-1]) == json.loads(first.stdout.splitlines()[-1])
+
+
+def test_help_lists_the_modes_and_the_config_families():
+  result = subprocess.run([sys.executable, "-m", "mebert.train", "--help"], cwd=REPO,
+                          env=subprocess_env(), capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stderr[-2000:]
+  for mode in ("train", "eval", "predict", "compile"):
+    assert f"\n  {mode} " in result.stdout
+  families = sorted(p.name for p in (REPO / "configs").iterdir() if p.is_dir())
+  assert families and all(f"\n  {family}/" in result.stdout for family in families)
+  assert "tiny" in result.stdout and "sst2" in result.stdout  # each family's configs
