@@ -134,7 +134,11 @@ def guarded_update(state: TrainState, grads, tx: optax.GradientTransformation,
   buffers in place: with the where, XLA:CPU copied the parameters and both Adam moments every
   step. Callers should read anything `finite` needs (e.g. the parameter norm) before this.
   `grad_norm`, the global norm of `grads` where the caller has it, goes to the clipping
-  (optimizer.clip_by_global_norm) as `global_grad_norm`, so it is not summed a second time."""
+  (optimizer.clip_by_global_norm) as `global_grad_norm`, so it is not summed a second time.
+
+  Not optax.apply_if_finite: on a 4-layer, 256-wide BERT step (XLA:CPU) it read 5% more bytes and
+  held 16 MB more temporaries (it tests every gradient again and adds zero updates outside its
+  cond), keeps its counters in opt_state, and applies non-finite updates after its limit."""
   extra = {}
   if grad_norm is not None and isinstance(tx, optax.GradientTransformationExtraArgs):
     extra["global_grad_norm"] = grad_norm
