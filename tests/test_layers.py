@@ -118,10 +118,11 @@ def architecture_markdown() -> str:
     lines.append(f"- **{layer}**: " + ", ".join(f"`{m}`" for m in sorted(members[layer])))
   lines += ["", "## Imports between layers (every arrow points down)", "", "```dot",
             "digraph mebert {", "  rankdir=TB; node [shape=box];"]
-  for (src, dst), names in sorted(arrows.items(), key=lambda kv: (-rank[kv[0][0]], -rank[kv[0][1]])):
+  by_rank = sorted(arrows.items(), key=lambda kv: (-rank[kv[0][0]], -rank[kv[0][1]]))
+  for (src, dst), names in by_rank:
     lines.append(f"  {src} -> {dst} [label={len(names)}];")
   lines += ["}", "```", ""]
-  for (src, dst), names in sorted(arrows.items(), key=lambda kv: (-rank[kv[0][0]], -rank[kv[0][1]])):
+  for (src, dst), names in by_rank:
     direction = "down" if rank[dst] < rank[src] else "UP"
     lines.append(f"### {src} -> {dst} ({direction}, {len(names)} imports)")
     lines += ["", *[f"- `{n}`" for n in sorted(names)], ""]

@@ -73,6 +73,8 @@ def _shrink_task(c, folder: pathlib.Path, vocab: str):
   c.data.train_files = c.data.eval_files = _task_file(folder, c)
   c.data.holdout_fraction = 0.0
   c.data.vocab, c.init.hf, c.init.checkpoint = vocab, "", ""
+  if "random" in c.init:  # where a random start must be asked for by name
+    c.init.random = True
   c.model.update(SMALL_MODEL)
   c.model.max_position_embeddings = max(512, int(c.data.seq_len))
   c.train.batch_size, c.eval.batch_size = 8, 8

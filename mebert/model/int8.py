@@ -85,7 +85,8 @@ def _path_str(path) -> str:
   return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
 
 
-def quantized_axis(path, leaf, embeddings: bool = True, exclude: tuple[str, ...] = ()) -> int | None:
+def quantized_axis(path, leaf, embeddings: bool = True,
+                   exclude: tuple[str, ...] = ()) -> int | None:
   """The axis to reduce over for this leaf, or None to keep it float: Dense kernels reduce over
   their input axis (-2; a scanned layer axis stays), embedding tables over their width (-1)."""
   ndim = len(getattr(leaf, "shape", ()))

@@ -34,7 +34,8 @@ def unstack_layers(params: dict) -> dict:
   encoder = params["bert"]["encoder"]
   flat = traverse_util.flatten_dict(encoder["layer"])
   num_layers = next(iter(flat.values())).shape[0]
-  layers = {f"layer_{i}": traverse_util.unflatten_dict({k: np.asarray(v)[i] for k, v in flat.items()})
+  layers = {f"layer_{i}": traverse_util.unflatten_dict({k: np.asarray(v)[i]
+                                                         for k, v in flat.items()})
             for i in range(num_layers)}
   rest = {k: v for k, v in encoder.items() if k != "layer"}
   return {**params, "bert": {**params["bert"], "encoder": {**rest, **layers}}}

@@ -13,7 +13,7 @@ evaluation) plus a batch source and a restored or fresh state; the loop does the
   - checkpoints every `save_every` steps, at the end, on stopping and on preemption: the latest N
     plus the best (LatestN + BestN: the latest is never deleted);
   - non-finite steps: the step skips their updates itself (train.steps.guarded_update); the loop
-    stops after `max_nonfinite_in_row` in a row (`NonfiniteWatch`);
+    stops after `max_nonfinite_in_row` in a row, at most one step late (`NonfiniteWatch`);
   - SIGTERM/SIGINT, or JAX's preemption sync point under jax.distributed: saves the current step
     and exits 0 (`StopSignal`); the same command resumes from it;
   - a jax.profiler trace of chosen steps (WORKDIR/profile); with `guard_host_sync` any read of a
@@ -27,7 +27,6 @@ import collections
 import contextlib
 import dataclasses
 import logging
-import signal
 import time
 from typing import Any
 
@@ -38,6 +37,7 @@ from etils import epath
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from mebert.train import distributed, host_sync
+from mebert.train.preemption import StopSignal
 from mebert.train.metric_writer import MetricWriter
 from mebert.train.records import numeric
 from mebert.train.selection import Selection
@@ -142,71 +142,37 @@ class Outcome:
   real_tokens: float = 0.0
 
 
-class StopSignal:
-  """A preemption notice: the loop saves a checkpoint at the current step and exits cleanly.
-
-  One process: SIGTERM/SIGINT set a flag. Under jax.distributed: JAX's preemption service takes
-  SIGTERM (on any one host is enough), tells every host, and `reached_preemption_sync_point` turns
-  True at the same step on all of them, so all save that step together; Python's handlers stay out
-  of its way, since one host saving a step the others never reach would hang the collective save.
-  """
-
-  def __init__(self, distributed_runtime: bool = False):
-    self.received = None
-    self._distributed = distributed_runtime
-    self._previous = {}
-
-  def __enter__(self):
-    if not self._distributed:
-      for sig in (signal.SIGTERM, signal.SIGINT):
-        self._previous[sig] = signal.signal(sig, self._handle)
-    return self
-
-  def _handle(self, signum, frame):
-    del frame
-    self.received = signal.Signals(signum).name
-
-  def check(self, step: int) -> bool:
-    """Called after every step, on every process: whether to save `step` and exit."""
-    if self._distributed:
-      from jax.experimental import multihost_utils
-
-      if multihost_utils.reached_preemption_sync_point(step):
-        self.received = "SIGTERM (JAX preemption sync point)"
-    return self.received is not None
-
-  def __exit__(self, *exc):
-    for sig, handler in self._previous.items():
-      signal.signal(sig, handler)
-
-
 class NonfiniteWatch:
   """Each step's count of non-finite steps in a row, read without stalling the devices.
 
   Reading a step's counter right after dispatching it would make every step wait for the devices.
-  Instead its copy to the host starts at once, and it is read once it is ready, or at the latest
-  after the next step is dispatched (so the devices still have a step queued): the run stops at
-  most one step after the limit is reached. With synchronous dispatch (XLA:CPU on one device, see
-  mebert/host_memory.py) every counter is ready at once and the stop is at the limit's step.
+  Instead its copy to the host starts at once and it is read after the next step is dispatched
+  (so the devices still have a step queued), or at once at log, evaluation and checkpoint steps,
+  which wait for the devices anyway: the run stops at most one step after the limit is reached.
+  The reads happen at the same steps on every process, whatever the timing, so under
+  jax.distributed all processes stop together.
   """
 
   def __init__(self, limit: int):
     self.limit = limit
-    self._pending: collections.deque = collections.deque()  # (step, counter)
+    self._pending = None  # (step, counter) not read yet
 
   def push(self, step: int, counter) -> tuple[int, int] | None:
-    """Takes `step`'s counter; returns (step, count) of the first step at the limit, else None."""
+    """Takes `step`'s counter and reads the previous one: (step, count) if that one is at the
+    limit, else None."""
     counter.copy_to_host_async()
-    self._pending.append((step, counter))
-    while self._pending:
-      seen, value = self._pending[0]
-      if seen == step and not value.is_ready():
-        break  # this step's own counter is read next time, after the next step is dispatched
-      self._pending.popleft()
-      count = int(value)
-      if count >= self.limit:
-        return seen, count
-    return None
+    found = self.flush()
+    self._pending = (step, counter)
+    return found
+
+  def flush(self) -> tuple[int, int] | None:
+    """Reads the pending counter now (waiting for its step): (step, count) at the limit, else
+    None."""
+    if self._pending is None:
+      return None
+    (step, counter), self._pending = self._pending, None
+    count = int(counter)
+    return (step, count) if count >= self.limit else None
 
 
 # One dispatch per step for all the metric sums (jnp.add over the tree would be one per metric).
@@ -267,41 +233,97 @@ def run(task: Task, state, *, start_step: int, batches, checkpointer, cadence: C
   its position is the step's. `checkpointer` (a train.checkpoints.Checkpointer) is closed here.
   Raises TrainingStopped after too many non-finite steps, SystemExit(0) after a preemption save.
   """
-  out = Outcome(start_step, state, None, selection)
-  writer = MetricWriter(workdir)
-  progress = tqdm.tqdm(total=cadence.num_steps, initial=start_step, desc=task.name, unit="step",
-                       disable=jax.process_index() != 0, dynamic_ncols=True)
-  profiler = _Profiler(cadence.profile, workdir)
-  closers = [profiler.stop, checkpointer.close, writer.close, progress.close,
-             getattr(batches, "close", lambda: None)]
+  loop = _Loop(task, Outcome(start_step, state, None, selection), batches, checkpointer, cadence,
+               workdir, config_dict, save_batches)
   preempted = None
   try:
-    with (task.context(), StopSignal(distributed.runtime_started()) as stop,
+    with (task.context(), StopSignal(distributed.runtime_started()) as loop.stop,
           logging_redirect_tqdm()):
-      _steps(task, out, batches, checkpointer, cadence, writer, progress, profiler, stop,
-             config_dict, save_batches, workdir)
+      loop.run()
   except _Preempted as e:
     preempted = e
   except BaseException:
-    _close_quietly(*closers)
+    _close_quietly(*loop.closers)
     raise
-  for close in closers:  # a failed write of the last checkpoint raises here
+  for close in loop.closers:  # a failed write of the last checkpoint raises here
     close()
   if preempted is not None:
     log.warning("%s", preempted)
     raise SystemExit(0)
-  return out
+  return loop.out
 
 
-def _steps(task, out, batches, ckpt, cadence, writer, progress, profiler, stop, config_dict,
-           save_batches, workdir) -> None:
-  selection, step, state = out.selection, out.step, out.state
-  watch = NonfiniteWatch(cadence.max_nonfinite_in_row)
-  fill = getattr(batches, "fill", None)
-  window = _Window(step)
+class _Loop:
+  """One run of the loop: its writers, its log window and the steps."""
 
-  def log_window():
-    nonlocal window
+  def __init__(self, task, out, batches, ckpt, cadence, workdir, config_dict, save_batches):
+    self.task, self.out, self.batches, self.ckpt, self.cadence = task, out, batches, ckpt, cadence
+    self.workdir, self.config_dict, self.save_batches = workdir, config_dict, save_batches
+    self.writer = MetricWriter(workdir)
+    self.progress = tqdm.tqdm(total=cadence.num_steps, initial=out.step, desc=task.name,
+                              unit="step", disable=jax.process_index() != 0, dynamic_ncols=True)
+    self.profiler = _Profiler(cadence.profile, workdir)
+    self.watch = NonfiniteWatch(cadence.max_nonfinite_in_row)
+    self.window = _Window(out.step)
+    self.stop: StopSignal | None = None  # entered by run()
+    self.closers = [self.profiler.stop, ckpt.close, self.writer.close, self.progress.close,
+                    getattr(batches, "close", lambda: None)]
+
+  def run(self) -> None:
+    out, cadence, selection = self.out, self.cadence, self.out.selection
+    while out.step < cadence.num_steps and not (selection is not None and selection.stopped):
+      in_row = self.dispatch()
+      step = out.step
+      self.profiler.after(step)
+      self.progress.update(1)
+      preempted = self.stop.check(step)
+      eval_now = step % cadence.eval_every == 0 or step == cadence.num_steps
+      save_now = (step % cadence.save_every == 0 or step == cadence.num_steps or preempted
+                  or (eval_now and cadence.save_with_eval))
+      log_now = step % cadence.log_every == 0 or eval_now or save_now
+      stopped = self.watch.push(step, in_row)
+      if log_now and stopped is None:
+        stopped = self.watch.flush()  # this step waits for the devices anyway
+      if stopped is not None:
+        self.log_window()
+        raise TrainingStopped(
+            f"{stopped[1]} non-finite (NaN/Inf) steps in a row at step {stopped[0]} "
+            f"(train.max_nonfinite_in_row={cadence.max_nonfinite_in_row}); their updates were "
+            f"skipped and the last checkpoint in {epath.Path(self.workdir) / 'checkpoints'} is "
+            "intact")
+      if log_now:
+        self.log_window()  # a window never spans an evaluation or a checkpoint: not training
+      improved = self.evaluate() if eval_now else False
+      if save_now or (selection is not None and selection.stopped):
+        self.save(improved)
+      if improved:
+        selection.save_best(self.workdir)
+      if self.window.sums is None:
+        self.window = _Window(step)  # the next window's clock starts after evaluation and save
+      if preempted:
+        raise _Preempted(f"{self.stop.received} received: saved step {step}, exiting")
+
+  def dispatch(self):
+    """Runs one step: its batch, the step itself, the next batches put on the devices, its
+    metrics added on the devices; returns its non-finite counter (a device array)."""
+    out, cadence = self.out, self.cadence
+    self.profiler.before(out.step)
+    with host_sync.no_host_reads(cadence.guard_host_sync):
+      host_batch, device_batch = next(self.batches)
+      self.task.observe_batch(out.step + 1, host_batch)
+      with jax.profiler.StepTraceAnnotation("train", step_num=out.step):
+        out.state, metrics = self.task.step(out.state, device_batch)
+      out.step += 1
+      fill = getattr(self.batches, "fill", None)
+      if fill is not None:
+        fill(limit=cadence.num_steps - out.step)  # while this step runs
+      in_row = metrics.pop("nonfinite_in_row")
+      self.window.add(metrics)
+    out.last_eval = None
+    return in_row
+
+  def log_window(self) -> None:
+    window, out, step = self.window, self.out, self.out.step
     if window.sums is None:
       return
     host = jax.device_get(window.sums)  # waits for the window's last step
@@ -311,69 +333,40 @@ def _steps(task, out, batches, ckpt, cadence, writer, progress, profiler, stop, 
     tokens, real = float(host.get("tokens", 0.0)), float(host.get("real_tokens", 0.0))
     out.train_s, out.tokens, out.real_tokens = (out.train_s + elapsed, out.tokens + tokens,
                                                 out.real_tokens + real)
-    scalars = task.train_scalars(host, step)
+    scalars = self.task.train_scalars(host, step)
     scalars.update(tokens_per_s=tokens / elapsed, real_tokens_per_s=real / elapsed,
                    steps_per_s=(step - window.first_step) / elapsed)
-    writer.write_scalars(step, scalars)
-    progress.set_postfix({**{k: f"{scalars[k]:.4g}" for k in task.progress_keys if k in scalars},
-                          "tok/s": f"{scalars['tokens_per_s']:.0f}"}, refresh=False)
-    log.info("step %d/%d %s", step, cadence.num_steps,
+    self.writer.write_scalars(step, scalars)
+    shown = {k: f"{scalars[k]:.4g}" for k in self.task.progress_keys if k in scalars}
+    self.progress.set_postfix({**shown, "tok/s": f"{scalars['tokens_per_s']:.0f}"},
+                              refresh=False)
+    log.info("step %d/%d %s", step, self.cadence.num_steps,
              " ".join(f"{k}={v:.4g}" for k, v in scalars.items()))
     window.sums = None
 
-  while step < cadence.num_steps and not (selection is not None and selection.stopped):
-    profiler.before(step)
-    with host_sync.no_host_reads(cadence.guard_host_sync):
-      host_batch, device_batch = next(batches)
-      task.observe_batch(step + 1, host_batch)
-      with jax.profiler.StepTraceAnnotation("train", step_num=step):
-        state, metrics = task.step(state, device_batch)
-      step += 1
-      if fill is not None:
-        fill(limit=cadence.num_steps - step)  # while this step runs
-      in_row = metrics.pop("nonfinite_in_row")
-      window.add(metrics)
-    out.step, out.state, out.last_eval = step, state, None
-    stopped = watch.push(step, in_row)
-    if stopped is not None:
-      log_window()
-      raise TrainingStopped(
-          f"{stopped[1]} non-finite (NaN/Inf) steps in a row at step {stopped[0]} "
-          f"(train.max_nonfinite_in_row={cadence.max_nonfinite_in_row}); their updates were "
-          f"skipped and the last checkpoint in {epath.Path(workdir) / 'checkpoints'} is intact")
-    profiler.after(step)
-    progress.update(1)
-    preempted = stop.check(step)
-    eval_now = step % cadence.eval_every == 0 or step == cadence.num_steps
-    save_now = (step % cadence.save_every == 0 or step == cadence.num_steps or preempted
-                or (eval_now and cadence.save_with_eval))
-    if step % cadence.log_every == 0 or eval_now or save_now:
-      log_window()  # a window never spans an evaluation or a checkpoint: they are not training
+  def evaluate(self) -> bool:
+    """Evaluates the current state; returns whether the selection rule found a new best."""
+    out, selection, step = self.out, self.out.selection, self.out.step
+    out.last_eval = result = self.task.evaluate(out.state)
+    self.writer.write_scalars(step, numeric(result), prefix="eval")
     improved = False
-    if eval_now:
-      out.last_eval = result = task.evaluate(state)
-      writer.write_scalars(step, numeric(result), prefix="eval")
-      if selection is not None:
-        improved = selection.update(step, result)
-        log.info("eval step %d: %s=%.4f (best %.4f at step %d)%s", step, selection.metric,
-                 result[selection.metric], abs(selection.best), selection.best_step,
-                 "; stopping early" if selection.stopped else "")
-        selection.save(workdir)  # before the checkpoint: see mebert.train.selection
-        save_now = save_now or selection.stopped
-      state, extra = task.after_eval(state, result, selection)
-      out.state = state
-      if extra:
-        writer.write_scalars(step, extra, prefix="eval")
-    if save_now:
-      # Metrics only on improvements: BestN then keeps the first step that reached the best
-      # score (as best.json says), never a later tie; LatestN keeps the resume point.
-      metrics = ({"selection_score": selection.best, **numeric(out.last_eval)} if improved
-                 else None)
-      ckpt.save(step, task.checkpoint_view(state), batches if save_batches else None, config_dict,
-                metrics=metrics, force=True)
-    if improved:
-      selection.save_best(workdir)
-    if window.sums is None:
-      window = _Window(step)  # the next window's clock starts after the evaluation and save
-    if preempted:
-      raise _Preempted(f"{stop.received} received: saved step {step}, exiting")
+    if selection is not None:
+      improved = selection.update(step, result)
+      log.info("eval step %d: %s=%.4f (best %.4f at step %d)%s", step, selection.metric,
+               result[selection.metric], abs(selection.best), selection.best_step,
+               "; stopping early" if selection.stopped else "")
+      selection.save(self.workdir)  # before the checkpoint: see mebert.train.selection
+    out.state, extra = self.task.after_eval(out.state, result, selection)
+    if extra:
+      self.writer.write_scalars(step, extra, prefix="eval")
+    return improved
+
+  def save(self, improved: bool) -> None:
+    out = self.out
+    # Metrics only on improvements: BestN then keeps the first step that reached the best score
+    # (as best.json says), never a later tie; LatestN keeps the resume point.
+    metrics = ({"selection_score": out.selection.best, **numeric(out.last_eval)} if improved
+               else None)
+    self.ckpt.save(out.step, self.task.checkpoint_view(out.state),
+                   self.batches if self.save_batches else None, self.config_dict,
+                   metrics=metrics, force=True)

@@ -34,6 +34,8 @@ def finetune_config(data_folder, teacher: str | None = None, **keys):
   c.train.batch_size, c.eval.batch_size = 16, 32
   c.train.learning_rate, c.train.warmup_steps = 1e-3, 2
   c.checkpoint.async_save = False
+  if "random" in c.init:  # where a random start must be asked for by name
+    c.init.random = True
   if teacher is not None:
     from mebert.compress import distill
 
