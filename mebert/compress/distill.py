@@ -259,14 +259,14 @@ class Distillation(finetune.FineTuning):
              student.hidden_size, pairs, "yes" if projection is not None else "no")
 
   def initial_state(self, *args, **kwargs):
-    step, state, stopper = super().initial_state(*args, **kwargs)
+    step, state, selection = super().initial_state(*args, **kwargs)
     if step == 0 and self.spec.student_layers:  # fresh: start from the teacher's layers
       src = student_init_params(self.teacher.params, self.spec.student_layers)
       params, _ = init_from.merge_params(state.params, src,  # logs what it could not copy
                                          origin=f"distill.teacher={self.teacher.origin}")
       state = state.replace(params=params)
     self.teacher.params = None  # on the mesh now; the host copy was for the initialisation
-    return step, state, stopper
+    return step, state, selection
 
   def train_scalars(self, sums: dict, step: int) -> dict:
     """The fine-tuning scalars plus each distillation loss's mean over the window."""

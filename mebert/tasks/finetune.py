@@ -27,9 +27,9 @@ import jax
 import numpy as np
 
 from mebert.model import qat
+from mebert.parallel.prefetch import DevicePrefetcher
 from mebert.tasks import batching, data as data_lib, inference, optim, quantized, sources, steps
 from mebert.tasks.defaults import TASK_KINDS
-from mebert.parallel.prefetch import DevicePrefetcher
 from mebert.train import checkpoints, init_from, loop
 from mebert.train import optimizer as base_optimizer
 from mebert.train.records import write_json
