@@ -226,9 +226,10 @@ class FineTuning(loop.Task):
     # seeds of mebert.tasks.seeds), so its cache counts earlier runs' shapes too.
     cache_size = getattr(self.compiled.train_step, "_cache_size", None)  # shapes compiled
     compiled_before = int(cache_size()) if cache_size is not None else 0
+    rule = Selection.from_config(config.early_stopping)  # the best checkpoint is the rule's
     ckpt = checkpoints.Checkpointer(
         workdir, keep=int(config.checkpoint.keep),
-        best_metric="selection_score" if config.checkpoint.keep_best else None,
+        best_metric=rule.metric if config.checkpoint.keep_best else None, best_mode=rule.mode,
         async_save=bool(config.checkpoint.async_save))
     try:
       step, state, selection = self.initial_state(ckpt)

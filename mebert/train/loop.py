@@ -363,10 +363,10 @@ class _Loop:
 
   def save(self, improved: bool) -> None:
     out = self.out
-    # Metrics only on improvements: BestN then keeps the first step that reached the best score
-    # (as best.json says), never a later tie; LatestN keeps the resume point.
-    metrics = ({"selection_score": out.selection.best, **numeric(out.last_eval)} if improved
-               else None)
+    # Metrics only on improvements: BestN (on the selection's metric, in its direction) then keeps
+    # the first step that reached the best score (as best.json says), never a later tie; LatestN
+    # keeps the resume point.
+    metrics = numeric(out.last_eval) if improved else None
     self.ckpt.save(out.step, self.task.checkpoint_view(out.state),
                    self.batches if self.save_batches else None, self.config_dict,
                    metrics=metrics, force=True)

@@ -16,25 +16,20 @@ import logging
 
 from etils import epath
 
+from mebert.train.checkpoints import best_metric_mode
 from mebert.train.records import numeric, write_json
 
 log = logging.getLogger(__name__)
 
 RECORD = "early_stopping.json"
 BEST = "best.json"
-MODES = ("max", "min", "auto")
-
-
-def auto_mode(metric: str) -> str:
-  """Lower is better for losses and errors, higher for everything else (accuracy, F1, ...)."""
-  lower = ("loss", "mse", "perplexity", "error")
-  return "min" if any(metric == k or metric.endswith(k) for k in lower) else "max"
 
 
 @dataclasses.dataclass
 class Selection:
-  """Patience on one dev metric. `best` is the selection score: the metric, negated when lower is
-  better, so higher is always better (as the Checkpointer's BestN wants)."""
+  """Patience on one dev metric, in the direction `mode` says (max, min, or auto: by the metric's
+  name, as the Checkpointer's BestN decides it). `best` is the selection score: the metric,
+  negated when lower is better, so higher is always better."""
 
   metric: str
   mode: str
@@ -49,10 +44,8 @@ class Selection:
   history: dict = dataclasses.field(default_factory=dict, repr=False)  # eval step -> state
 
   def __post_init__(self):
-    if self.mode == "auto":
-      self.mode = auto_mode(self.metric)
-    if self.mode not in ("max", "min"):
-      raise ValueError(f"{self.key.rsplit('.', 1)[0]}.mode={self.mode!r} is not one of {MODES}")
+    mode_key = self.key.replace("metric", "mode")  # early_stopping.mode, checkpoint.best_mode
+    self.mode = best_metric_mode(self.metric, self.mode, key=mode_key)
     if self.patience < 0:
       raise ValueError(f"patience={self.patience} must be >= 0 (0 = never stop early)")
 

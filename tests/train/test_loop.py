@@ -88,7 +88,7 @@ def _run(workdir, task=None, nan_from=None, **cadence):
   settings = dict(num_steps=20, log_every=2, eval_every=3, save_every=3,
                   max_nonfinite_in_row=3)
   settings.update(cadence)
-  ckpt = checkpoints.Checkpointer(str(workdir), keep=1, best_metric="selection_score",
+  ckpt = checkpoints.Checkpointer(str(workdir), keep=1, best_metric="score", best_mode="max",
                                   async_save=False)
   state = task.init()
   stream = Stream(nan_from)
