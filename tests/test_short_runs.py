@@ -3,7 +3,7 @@ distillation config runs to the end (a warmup longer than the run is cut to it, 
 
 The configs keep their identity (task, columns, schedule, optimizer, sequence length, warmup) but
 run shrunk, as nothing else would finish on a CPU: a 2-layer, 32-wide model; batches of 8; one
-eval batch; fine-tuning from random weights on a tiny file written in the config's own columns
+eval batch; pretraining on the built-in corpus; fine-tuning from random weights on a tiny file written in the config's own columns
 instead of its dataset and all-MiniLM-L6-v2; the distillation's teacher a 6-layer tiny fine-tuned
 sst2 model. Slow (one run per config); tests/train/test_train_step.py checks the warmup rule fast.
 """
@@ -28,6 +28,8 @@ def _cases(family):
 
 
 def _shrink_pretraining(c):
+  if c.data.corpus != "builtin":  # an experiment's own corpus (research data): the built-in one
+    c.data.corpus, c.data.eval_corpus = "builtin", ""
   c.model.update(SMALL_MODEL)
   c.model.vocab_size = 0  # the tokenizer's
   c.data.vocab_size = 400
