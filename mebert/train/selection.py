@@ -70,7 +70,10 @@ class Selection:
     else:
       self.bad_evals += 1
       self.stopped = self.patience > 0 and self.bad_evals >= self.patience
-    self.history[str(step)] = self._state()
+    # The state after this evaluation; the metrics only where they are the new best (a long
+    # run's record would otherwise repeat the best metrics once per evaluation).
+    entry = {k: v for k, v in self._state().items() if k != "best_metrics"}
+    self.history[str(step)] = {**entry, "best_metrics": metrics} if improved else entry
     return improved
 
   def _state(self) -> dict:
@@ -95,7 +98,8 @@ class Selection:
     record = json.loads(path.read_text())
     history = {k: v for k, v in (record.get("history") or {}).items() if int(k) <= step}
     if history:
-      state = history[max(history, key=int)]
+      state = dict(history[max(history, key=int)])
+      state["best_metrics"] = history.get(str(state["best_step"]), {}).get("best_metrics")
     elif "history" in record:  # every recorded evaluation came after the checkpoint
       state = {}
     else:  # a record written before histories were kept: its latest state

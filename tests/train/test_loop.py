@@ -211,6 +211,7 @@ def test_selection_restores_the_state_of_the_checkpoint_step(tmp_path):
   fresh = lambda: selection_lib.Selection("loss", "min", patience=3)
   at_7 = fresh().restore(str(tmp_path), 7)  # checkpoint 7: the evaluation at 9 is redone
   assert (at_7.best_step, at_7.bad_evals, sorted(at_7.history)) == (6, 0, ["3", "6"])
+  assert at_7.best_metrics == {"loss": 1.0}  # kept once, with the evaluation that was the best
   assert fresh().restore(str(tmp_path), 9).bad_evals == 1
   assert fresh().restore(str(tmp_path), 2).best is None
   with pytest.raises(ValueError, match="early_stopping.mode='up'"):
