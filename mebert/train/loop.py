@@ -23,7 +23,6 @@ evaluation) plus a batch source and a restored or fresh state; the loop does the
 from __future__ import annotations
 
 import abc
-import collections
 import contextlib
 import dataclasses
 import logging
@@ -37,8 +36,8 @@ from etils import epath
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from mebert.train import distributed, host_sync
-from mebert.train.preemption import StopSignal
 from mebert.train.metric_writer import MetricWriter
+from mebert.train.preemption import StopSignal
 from mebert.train.records import numeric
 from mebert.train.selection import Selection
 
