@@ -1,11 +1,13 @@
 """Short runs just work: `--config.train.num_steps=3` on every shipped pretraining, fine-tuning and
-distillation config runs to the end (a warmup longer than the run is cut to it, with a warning).
+distillation config runs to the end (a warmup longer than the run is cut to it, with a warning);
+a phase-2 recipe, which continues its phase 1 by design (init.continue_from), runs three steps more
+after three of its phase 1.
 
 The configs keep their identity (task, columns, schedule, optimizer, sequence length, warmup) but
-run shrunk, as nothing else would finish on a CPU: a 2-layer, 32-wide model; batches of 8; one
-eval batch; pretraining on the built-in corpus; fine-tuning from random weights on a tiny file written in the config's own columns
-instead of its dataset and all-MiniLM-L6-v2; the distillation's teacher a 6-layer tiny fine-tuned
-sst2 model. Slow (one run per config); tests/train/test_train_step.py checks the warmup rule fast.
+run shrunk, as nothing else would finish on a CPU: a 2-layer, 32-wide model; batches of 8 without
+accumulation; one eval batch; pretraining on the built-in corpus; fine-tuning from random weights
+on a tiny file written in the config's own columns instead of its dataset and all-MiniLM-L6-v2;
+the distillation's teacher a 6-layer tiny fine-tuned sst2 model. Slow (one run per config); tests/train/test_train_step.py checks the warmup rule fast.
 """
 
 import pathlib
@@ -34,18 +36,48 @@ def _shrink_pretraining(c):
   c.model.vocab_size = 0  # the tokenizer's
   c.data.vocab_size = 400
   c.train.batch_size, c.eval.batch_size, c.eval.num_batches = 8, 8, 1
+  c.train.grad_accum_steps = 1  # a batch of 8 rows on 8 devices has no micro-batches
+
+
+# Phase-2 recipes continue their phase 1 (init.continue_from): run three steps of it first.
+PHASE1_OF = {"phase2": None, "lamb_phase2": "lamb"}
+
+
+@pytest.fixture(scope="module")
+def phase1(tmp_path_factory):
+  """(path, phase-1 arg) -> a workdir of that recipe's phase 1 after three steps."""
+  from mebert.train import trainer
+
+  made = {}
+
+  def get(path, arg):
+    if (path, arg) not in made:
+      c = load(path, arg)
+      c.train.num_steps = 3
+      _shrink_pretraining(c)
+      workdir = tmp_path_factory.mktemp("phase1")
+      trainer.train_and_evaluate(c, str(workdir))
+      made[(path, arg)] = workdir
+    return made[(path, arg)]
+
+  return get
 
 
 @pytest.mark.parametrize("path, arg", list(_cases("pretrain")) + list(_cases("experiments")))
-def test_pretraining_config_runs_three_steps(path, arg, tmp_path):
+def test_pretraining_config_runs_three_steps(path, arg, tmp_path, phase1):
   from mebert.train import trainer
 
   c = load(path, arg)
   warmup = int(c.train.warmup_steps)
   c.train.num_steps = 3
   _shrink_pretraining(c)
+  if arg in PHASE1_OF:  # three more steps after phase 1's three (or three of its own schedule)
+    previous = phase1(path, PHASE1_OF[arg])
+    c.init.continue_from, c.data.vocab = str(previous), str(previous / "vocab" / "spm.model")
+    if not c.init.get("restart_schedule", False):
+      c.train.num_steps = 6
   final = trainer.train_and_evaluate(c, str(tmp_path))
-  assert final["step"] == 3 and c.train.warmup_steps == warmup  # the config's own warmup
+  assert final["step"] == c.train.num_steps and c.train.warmup_steps == warmup
 
 
 def _task_file(folder: pathlib.Path, c, n: int = 48) -> str:
