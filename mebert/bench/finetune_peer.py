@@ -41,7 +41,7 @@ from ml_collections import config_flags
 
 from mebert import host_memory
 from mebert.tasks import batching, data as data_lib, inference
-from mebert.tasks.finetune import EarlyStopping
+from mebert.train.selection import Selection
 
 
 def define_flags():
@@ -188,7 +188,7 @@ def run(config, same_start: bool = False, report_offset: float | None = None) ->
   evaluate = lambda enc, ex: _score(model, enc, ex, kind, labels, tokenizer.pad_id, config, torch)
   per_epoch = math.ceil(len(enc_train) / batch_size)
   eval_every = int(config.eval.every_steps) or per_epoch
-  stopper = EarlyStopping.from_config(config.early_stopping)
+  stopper = Selection.from_config(config.early_stopping)
   best_state, last, eval_s = None, None, 0.0
   model.train()
   rng = np.random.default_rng(int(config.seed))

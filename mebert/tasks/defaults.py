@@ -106,7 +106,7 @@ def finetune_defaults() -> config_dict.ConfigDict:
   c.train.profile_steps = ""  # "START,STOP": a jax.profiler trace of those steps (WORKDIR/profile)
   c.train.guard_host_sync = False  # debug: a device read between log steps raises (train.host_sync)
   # Quantization-aware fine-tuning: "int8" trains (and dev-evaluates) through the per-channel int8
-  # weights that --mode=eval/predict --quantize=int8 deploys (mebert.compress.qat, via qwix);
+  # weights that --mode=eval/predict --quantize=int8 deploys (mebert.model.qat, via qwix);
   # master weights and checkpoints stay float32. "none" = plain float training.
   c.train.quantize_aware = "none"
 

@@ -1,4 +1,4 @@
-"""Quantization-aware fine-tuning (mebert.compress.qat, through qwix): the QAT eval model computes
+"""Quantization-aware fine-tuning (mebert.model.qat, through qwix): the QAT eval model computes
 what post-training int8 (mebert.compress.quantize) deploys, unrolled and with scanned layers; the
 params keep the plain model's tree; a tiny QAT run trains, writes an ordinary float32 checkpoint,
 and its dev evaluation is the int8 evaluation of that checkpoint; a bad config value fails in one
