@@ -5,7 +5,7 @@ after three of its phase 1.
 
 The configs keep their identity (task, columns, schedule, optimizer, sequence length, warmup) but
 run shrunk, as nothing else would finish on a CPU: a 2-layer, 32-wide model; batches of 8 without
-accumulation; one eval batch; pretraining on the built-in corpus; fine-tuning from random weights
+accumulation; rows of at most 2,048 tokens; one eval batch; pretraining on the built-in corpus; fine-tuning from random weights
 on a tiny file written in the config's own columns instead of its dataset and all-MiniLM-L6-v2;
 the distillation's teacher a 6-layer tiny fine-tuned sst2 model. Slow (one run per config); tests/train/test_train_step.py checks the warmup rule fast.
 """
@@ -19,6 +19,9 @@ from test_configs import ARGS, CONFIGS, load
 pytestmark = pytest.mark.slow
 
 WORDS = "the a film plot good bad great awful said visited paris london john".split()
+# Rows longer than this are cut to it (as the recipes' own tiny variants do): 8 rows of 8,192
+# tokens run out of memory on a CPU even in a 32-wide model.
+MAX_CPU_SEQ_LEN = 2048
 SMALL_MODEL = {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64}
 
 
@@ -37,6 +40,10 @@ def _shrink_pretraining(c):
   c.data.vocab_size = 400
   c.train.batch_size, c.eval.batch_size, c.eval.num_batches = 8, 8, 1
   c.train.grad_accum_steps = 1  # a batch of 8 rows on 8 devices has no micro-batches
+  if int(c.data.seq_len) > MAX_CPU_SEQ_LEN:  # ModernBERT's 8,192-token context extension
+    c.data.max_predictions_per_seq = (int(c.data.max_predictions_per_seq) * MAX_CPU_SEQ_LEN
+                                      // int(c.data.seq_len))
+    c.data.seq_len = MAX_CPU_SEQ_LEN
 
 
 # Phase-2 recipes continue their phase 1 (init.continue_from): run three steps of it first.
