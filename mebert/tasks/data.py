@@ -16,7 +16,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import glob
-import hashlib
 import json
 import os
 from typing import Any
@@ -31,6 +30,7 @@ class Example:
   label: Any = None  # str (classification), float (regression), list[str] (tags), None (unlabeled)
   file: str = ""
   line: int = 0
+  id: str | None = None  # data.id_column's value (a GLUE test row's index), when the file has it
 
   @property
   def where(self) -> str:
@@ -86,21 +86,24 @@ def _read_table(path, fmt, task, data, labeled) -> list[Example]:
   out, cols = [], None
   for header, line, row in _rows_from_table(path, fmt, bool(data.header)):
     if cols is None:
+      id_col = data.get("id_column", "")
       cols = (_column(task.text_column, header, path),
               _column(task.text_pair_column, header, path) if task.text_pair_column else None,
-              _column(task.label_column, header, path) if labeled else None)
+              _column(task.label_column, header, path) if labeled else None,
+              header.index(id_col) if header and id_col and id_col in header else None)
     try:
       values = [None if c is None else row[c] for c in cols]
     except IndexError:
       raise DataError(f"{path} line {line}: {len(row)} columns, need column "
                       f"{max(c for c in cols if c is not None)}") from None
-    text, pair, label = values
+    text, pair, label, key = values
     out.append(Example(text.strip(), None if pair is None else pair.strip(),
-                       None if label is None else label.strip(), path, line))
+                       None if label is None else label.strip(), path, line,
+                       None if key is None else key.strip()))
   return out
 
 
-def _read_jsonl(path, task, labeled) -> list[Example]:
+def _read_jsonl(path, task, data, labeled) -> list[Example]:
   out = []
   with open(path, encoding="utf-8-sig") as f:
     for i, raw in enumerate(f, 1):
@@ -116,8 +119,9 @@ def _read_jsonl(path, task, labeled) -> list[Example]:
       if missing:
         raise DataError(f"{path} line {i}: no key {missing[0]!r} (keys: {sorted(record)})")
       label = record.get(task.label_column) if labeled else None
+      key = record.get(data.get("id_column", "")) if data.get("id_column", "") else None
       out.append(Example(record[task.text_column], record.get(task.text_pair_column) or None,
-                         label, path, i))
+                         label, path, i, None if key is None else str(key)))
   return out
 
 
@@ -197,9 +201,11 @@ def _read_tfds(part, task, data, labeled) -> list[Example]:
                  names[int(ids)] if ids.ndim == 0 else [names[int(j)] for j in ids])
       elif isinstance(label, np.generic):
         label = label.item()
+      key = data.get("id_column", "")
       out.append(Example(_decode(record[task.text_column]),
                          _decode(record[task.text_pair_column]) if task.text_pair_column else None,
-                         label, f"tfds:{name}@{split}", i))
+                         label, f"tfds:{name}@{split}", i,
+                         str(_decode(record[key])) if key and key in record else None))
   return out
 
 
@@ -212,7 +218,7 @@ def _read_file(path: str, fmt: str, task, data, labeled: bool) -> list[Example]:
     if fmt in ("tsv", "csv"):
       return _read_table(path, fmt, task, data, labeled)
     if fmt == "jsonl":
-      return _read_jsonl(path, task, labeled)
+      return _read_jsonl(path, task, data, labeled)
     if fmt == "conll":
       return _read_conll(path, data, labeled)
     if fmt == "text":
@@ -286,26 +292,3 @@ def check_labels(examples: list[Example], labels: list[str], kind: str) -> None:
       if str(label) not in known:
         raise DataError(f"{ex.where}: unknown label {str(label)!r}; the model knows "
                         f"{len(labels)} labels: {labels}")
-
-
-def holdout_split(examples: list[Example], fraction: float, offset: float = 0.0):
-  """(train, held out) by a hash of each example's text: deterministic, independent of the seed,
-  and duplicated sentences (SST-2 repeats phrases) all land on the same side. The held-out part is
-  hash buckets [offset, offset + fraction); buckets below offset are on neither side, so a
-  selection split (offset 0.05) never sees the examples an evaluation split (fraction 0.05) holds."""
-  if not 0.0 < fraction < 1.0:
-    raise ValueError(f"data.holdout_fraction={fraction} must be in (0, 1) when data.eval_files "
-                     "is empty")
-  if not 0.0 <= offset < 1.0 - fraction:
-    raise ValueError(f"data.holdout_offset={offset} must be in [0, 1 - data.holdout_fraction="
-                     f"{1.0 - fraction:g})")
-  train, held = [], []
-  for ex in examples:
-    key = json.dumps([ex.text, ex.pair], ensure_ascii=False).encode("utf-8")
-    bucket = int.from_bytes(hashlib.md5(key).digest()[:8], "little") / 2.0**64
-    if bucket >= offset:
-      (held if bucket < offset + fraction else train).append(ex)
-  if not train or not held:
-    raise ValueError(f"data.holdout_fraction={fraction} (offset {offset}) leaves an empty split "
-                     f"of {len(examples)} examples")
-  return train, held

@@ -24,7 +24,7 @@ import tqdm
 from etils import epath
 
 from mebert.data.pipeline import make_pretraining_iterator
-from mebert.data.tokenizer import ensure_tokenizer
+from mebert.data.tokenizer import ensure_tokenizer, trained_vocab_path
 from mebert.model import positions
 from mebert.model.config import ModelConfig
 from mebert.parallel import mesh as mesh_lib
@@ -248,8 +248,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
     # interpreter, or its own traceback, not ours, becomes the last line printed.
     ckpt.close()
     raise
+  config_dict = config.to_dict()
+  if not config.data.vocab and exp.hf_source is None:  # the vocabulary trained on the first run
+    config_dict["data"]["vocab"] = trained_vocab_path(workdir)
   # Only now that data, checkpoint and init all check out: a bad input leaves the workdir as it was.
-  write_json(workdir, "config.json", config.to_dict())
+  write_json(workdir, "config.json", config_dict)
   writer = MetricWriter(workdir)
   train_step = exp.jitted_train_step()
   batches = DevicePrefetcher(
@@ -260,7 +263,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
   log_every, eval_every = int(train_cfg.log_every), int(config.eval.every_steps)
   save_every = int(config.checkpoint.every_steps)
   profile = [int(s) for s in str(train_cfg.profile_steps).split(",") if s.strip()]
-  config_dict = config.to_dict()
 
   record_ids = distributed.ExampleIdRecorder(workdir)  # opt-in: MEBERT_RECORD_EXAMPLE_IDS=1
   progress = tqdm.tqdm(total=num_steps, initial=start_step, desc="pretrain", unit="step",
