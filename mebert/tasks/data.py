@@ -171,11 +171,19 @@ def _decode(value):
   return value
 
 
+def _stripped(value):
+  """Text as the TSV reader gives it (GLUE's SST-2 sentences end with a space)."""
+  return value.strip() if isinstance(value, str) else value
+
+
 def _read_tfds(part, task, data, labeled) -> list[Example]:
   import tensorflow_datasets as tfds
 
   name, _, split = part[len("tfds:"):].partition("@")
   split = split or "train"
+  from mebert.tasks.prepare_tfds import register  # tfds's own builders, without TensorFlow
+
+  register(name)
   where = data.tfds_data_dir or "the default TFDS data dir"
   try:
     src = tfds.data_source(name, split=split, data_dir=data.tfds_data_dir or None, download=False)
@@ -202,8 +210,9 @@ def _read_tfds(part, task, data, labeled) -> list[Example]:
       elif isinstance(label, np.generic):
         label = label.item()
       key = data.get("id_column", "")
-      out.append(Example(_decode(record[task.text_column]),
-                         _decode(record[task.text_pair_column]) if task.text_pair_column else None,
+      out.append(Example(_stripped(_decode(record[task.text_column])),
+                         _stripped(_decode(record[task.text_pair_column]))
+                         if task.text_pair_column else None,
                          label, f"tfds:{name}@{split}", i,
                          str(_decode(record[key])) if key and key in record else None))
   return out
