@@ -8,8 +8,11 @@ import os
 import struct
 import subprocess
 import sys
+import threading
 
 import pytest
+
+pytestmark = pytest.mark.slow  # three runs in subprocesses: ~2-5 minutes on 2 cores
 
 server_lib = pytest.importorskip("gcp_storage_emulator.server")
 pytest.importorskip("gcsfs")
@@ -24,21 +27,28 @@ TINY = ["--config.model.hidden_size=32", "--config.model.num_layers=1", "--confi
         "--config.data.max_predictions_per_seq=5", "--config.train.batch_size=8",
         "--config.train.warmup_steps=1", "--config.train.log_every=2",
         "--config.checkpoint.every_steps=3", "--config.eval.every_steps=100",
-        "--config.eval.num_batches=1", "--config.eval.batch_size=8",
-        "--config.checkpoint.async_save=False"]
+        "--config.eval.num_batches=1", "--config.eval.batch_size=8"]
 
 
-def _with_generation(handler):
-  """The emulator's download, plus the x-goog-generation header real GCS sends with every object
-  (tensorstore reads it; without it Orbax's OCDBT manifest reads as "Malformed StorageGeneration")."""
+_ONE_AT_A_TIME = threading.Lock()
+
+
+def _atomic(handler, download: bool):
+  """The emulator's handler made to behave as GCS does where tensorstore relies on it: one request
+  at a time (its in-memory store is not thread-safe: a manifest read while being rewritten came
+  back without its generation), and downloads with the x-goog-generation header real GCS sends
+  (without it Orbax's OCDBT manifest reads as "Malformed StorageGeneration")."""
   def wrapped(request, response, storage_, *args, **kwargs):
-    handler(request, response, storage_, *args, **kwargs)
-    try:
-      obj = storage_.get_file_obj(request.params["bucket_name"], request.params["object_id"])
-    except Exception:  # noqa: BLE001 - not found: the handler answered 404 already
-      return
-    response["x-goog-generation"] = str(obj["generation"])
-    response["x-goog-metageneration"] = str(obj["metageneration"])
+    with _ONE_AT_A_TIME:
+      handler(request, response, storage_, *args, **kwargs)
+      if not download:
+        return
+      try:
+        obj = storage_.get_file_obj(request.params["bucket_name"], request.params["object_id"])
+      except Exception:  # noqa: BLE001 - not found: the handler answered 404 already
+        return
+      response["x-goog-generation"] = str(obj["generation"])
+      response["x-goog-metageneration"] = str(obj["metageneration"])
   wrapped.patched = True
   return wrapped
 
@@ -50,8 +60,8 @@ def gcs():
 
   for _, methods in server_lib.HANDLERS:
     for method, handler in list(methods.items()):
-      if handler is objects.download:
-        methods[method] = _with_generation(handler)
+      if not getattr(handler, "patched", False):
+        methods[method] = _atomic(handler, download=handler is objects.download)
   port = portpicker.pick_unused_port()
   server = server_lib.create_server("127.0.0.1", port, in_memory=True, default_bucket=BUCKET)
   server.start()
