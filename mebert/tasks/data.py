@@ -1,5 +1,5 @@
-"""Fine-tuning examples: local files or TFDS -> Example records with their origin, label
-vocabularies, a deterministic held-out split, and tokenization (pairs, word-aligned tags).
+"""Fine-tuning examples: local or gs:// files, or TFDS -> Example records with their origin, and
+label vocabularies (held-out splits: mebert.tasks.holdout).
 
 Formats (data.format, "auto" picks by suffix):
   tsv    split on tabs only, no quoting (GLUE: MRPC has quotes inside sentences), BOM stripped;
@@ -16,11 +16,13 @@ from __future__ import annotations
 import csv
 import dataclasses
 import glob
+import io
 import json
 import os
 from typing import Any
 
 import numpy as np
+from etils import epath
 
 
 @dataclasses.dataclass
@@ -39,6 +41,35 @@ class Example:
 
 class DataError(ValueError):
   """Bad input data; the message names the file and line."""
+
+
+def _remote(path: str) -> bool:
+  return "://" in path
+
+
+def _open_binary(path: str):
+  return epath.Path(path).open("rb") if _remote(path) else open(path, "rb")
+
+
+def _open_text(path: str, newline: str | None = None):
+  """A local or gs:// (etils.epath, through gcsfs) file as UTF-8 text, a BOM dropped."""
+  if _remote(path):
+    return io.TextIOWrapper(epath.Path(path).open("rb"), encoding="utf-8-sig", newline=newline)
+  return open(path, encoding="utf-8-sig", newline=newline)
+
+
+def _is_file(path: str) -> bool:
+  return epath.Path(path).is_file() if _remote(path) else os.path.isfile(path)
+
+
+def _expand(part: str) -> list[str]:
+  """A path, or the sorted matches of a glob (remote: a pattern in the file name only)."""
+  if not glob.has_magic(part):
+    return [part]
+  if _remote(part):
+    parent, _, pattern = part.rpartition("/")
+    return sorted(str(p) for p in epath.Path(parent).glob(pattern))
+  return sorted(glob.glob(os.path.expanduser(part)))
 
 
 def _format_of(path: str, fmt: str, token_task: bool) -> str:
@@ -66,7 +97,7 @@ def _column(spec: str, header: list[str] | None, path: str):
 
 
 def _rows_from_table(path, fmt, header_row: bool):
-  with open(path, encoding="utf-8-sig", newline="") as f:
+  with _open_text(path, newline="") as f:
     if fmt == "tsv":
       rows = ((i + 1, line.rstrip("\r\n").split("\t")) for i, line in enumerate(f))
     else:
@@ -105,7 +136,7 @@ def _read_table(path, fmt, task, data, labeled) -> list[Example]:
 
 def _read_jsonl(path, task, data, labeled) -> list[Example]:
   out = []
-  with open(path, encoding="utf-8-sig") as f:
+  with _open_text(path) as f:
     for i, raw in enumerate(f, 1):
       if not raw.strip():
         continue
@@ -135,7 +166,7 @@ def _read_conll(path, data, labeled) -> list[Example]:
     words.clear()
     tags.clear()
 
-  with open(path, encoding="utf-8-sig") as f:
+  with _open_text(path) as f:
     for i, raw in enumerate(f, 1):
       cols = raw.split()
       if not cols:
@@ -156,7 +187,7 @@ def _read_conll(path, data, labeled) -> list[Example]:
 
 
 def _read_text(path) -> list[Example]:
-  with open(path, encoding="utf-8-sig") as f:
+  with _open_text(path) as f:
     return [Example(line.strip(), None, None, path, i) for i, line in enumerate(f, 1)
             if line.strip()]
 
@@ -220,7 +251,7 @@ def _read_tfds(part, task, data, labeled) -> list[Example]:
 
 def _read_file(path: str, fmt: str, task, data, labeled: bool) -> list[Example]:
   """One local file; what the readers cannot parse becomes a DataError naming the file."""
-  with open(path, "rb") as f:
+  with _open_binary(path) as f:
     if b"\0" in f.read(1 << 16):
       raise DataError(f"{path}: a binary file (NUL bytes), not {fmt} text")
   try:
@@ -252,8 +283,8 @@ def read_examples(spec: str, task, data, *, labeled: bool = True, limit: int = 0
     if part.startswith("tfds:"):
       out += _read_tfds(part, task, data, labeled)
       continue
-    paths = sorted(glob.glob(os.path.expanduser(part))) if glob.has_magic(part) else [part]
-    if not paths or not all(os.path.isfile(p) for p in paths):
+    paths = _expand(part)
+    if not paths or not all(_is_file(p) for p in paths):
       raise FileNotFoundError(f"{part}: no such file")
     for path in paths:
       out += _read_file(path, _format_of(path, str(data.format), token_task), task, data, labeled)
