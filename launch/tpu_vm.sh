@@ -7,7 +7,7 @@
 # Commands:
 #   create    create the TPU VM (QUEUED=1: a queued resource, waited on until ACTIVE)
 #   copy      tar the working tree (git's tracked and unignored files) and scp it to every worker
-#   install   a virtualenv with requirements.txt and jax[tpu] on every worker
+#   install   a virtualenv with requirements-tpu.txt (requirements.txt and jax[tpu]) on every worker
 #   run       on every worker: stop stale TPU processes, rm -f /tmp/libtpu_lockfile, then
 #             python -m mebert.train FLAGS; worker 0's log is streamed here, every worker's is kept
 #             in LOG_DIR, and the first failing worker stops the run (exit status: its status)
@@ -125,7 +125,7 @@ do_copy() {
 }
 
 do_install() {
-  ssh_workers all "set -e; command -v $remote_python >/dev/null || { sudo apt-get update -qq && sudo apt-get install -y -qq $remote_python $remote_python-venv; }; cd ~/$remote_dir && { [ -x .venv/bin/python ] || $remote_python -m venv .venv; } && .venv/bin/pip install -q -U pip && .venv/bin/pip install -q -r requirements.txt && .venv/bin/pip install -q -U 'jax[tpu]'"
+  ssh_workers all "set -e; command -v $remote_python >/dev/null || { sudo apt-get update -qq && sudo apt-get install -y -qq $remote_python $remote_python-venv; }; cd ~/$remote_dir && { [ -x .venv/bin/python ] || $remote_python -m venv .venv; } && .venv/bin/pip install -q -U pip && if [ -f requirements-tpu.txt ]; then .venv/bin/pip install -q -r requirements-tpu.txt; else .venv/bin/pip install -q -r requirements.txt 'jax[tpu]'; fi"
 }
 
 # Frees the chips: a crashed or interrupted earlier run keeps /dev/accel* (v4) or /dev/vfio/* (v5e,
@@ -133,7 +133,9 @@ do_install() {
 readonly free_tpu='pids=$(sudo lsof -t /dev/accel* /dev/vfio/* 2>/dev/null | sort -u); if [ -n "$pids" ]; then echo "killing stale TPU processes: $pids"; sudo kill -9 $pids; sleep 1; fi; sudo rm -f /tmp/libtpu_lockfile'
 
 train_command() {
-  local cmd="cd ~/$remote_dir && .venv/bin/python -m mebert.train" a
+  # --platform=tpu: a worker whose chips are held or whose libtpu is missing stops at once instead
+  # of training on its CPU.
+  local cmd="cd ~/$remote_dir && .venv/bin/python -m mebert.train --platform=tpu" a
   for a in "${train_flags[@]}"; do cmd+=" $(q "$a")"; done
   echo "$cmd"
 }

@@ -31,7 +31,9 @@ flags.FLAGS.mark_as_parsed()
 import pytest  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+# The real datasets beside the checkout (../shared/data); MEBERT_SHARED_DATA points elsewhere
+# (a git worktree of the repository, or a copy of the data on another disk).
+SHARED_DATA = pathlib.Path(os.environ.get("MEBERT_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
 @pytest.fixture(scope="session")

@@ -12,9 +12,9 @@ rows. `max_predictions_per_seq` follows `seq_len` (15%, rounded up), so an eval 
 the same share of tokens as training. `python -m mebert.experiments.encodings` runs every variant,
 the evals at 1x/2x/4x and the report (docs/encodings.md).
 
-Corpus: WikiText-2 (valid split) plus the 14 Gutenberg books of ../shared/data for training; the
-WikiText-2 test split, whose paragraphs are long enough to fill 4x-length rows, for evaluation.
-`MEBERT_SHARED_DATA` overrides where ../shared/data is.
+Corpus: WikiText-2 (valid split) plus 14 Gutenberg books for training; the WikiText-2 test split,
+whose paragraphs are long enough to fill 4x-length rows, for evaluation. MEBERT_SHARED_DATA names
+the folder that holds wikitext-2-raw/ and gutenberg-nltk/ (the project's data folder).
 """
 
 import os
@@ -42,8 +42,9 @@ TRAIN_SEQ_LEN = 64
 
 
 def shared_data() -> pathlib.Path:
-  env = os.environ.get("MEBERT_SHARED_DATA")
-  return pathlib.Path(env) if env else pathlib.Path(__file__).resolve().parents[2].parent / "shared" / "data"
+  """The folder with wikitext-2-raw/ and gutenberg-nltk/: MEBERT_SHARED_DATA. Unset, the corpus
+  paths name the variable, so a run stops with "MEBERT_SHARED_DATA-unset/...: no such file"."""
+  return pathlib.Path(os.environ.get("MEBERT_SHARED_DATA", "MEBERT_SHARED_DATA-unset"))
 
 
 def get_config(arg=None):

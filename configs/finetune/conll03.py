@@ -1,12 +1,13 @@
 """CoNLL-2003 English NER (IOB2 tags, entity-level F1) from all-MiniLM-L6-v2.
 
-  python -m mebert.train --config=configs/finetune/conll03.py --workdir=runs/conll03
-  python -m mebert.train --config=configs/finetune/conll03.py --workdir=runs/conll03 \
-      --mode=predict --input=sentences.conll --output=tags.tsv
+  python -m mebert.train --config=configs/finetune/conll03.py:/path/to/conll2003 --workdir=runs/ner
+  python -m mebert.train --config=configs/finetune/conll03.py:tfds --workdir=runs/ner  # conll2003
+  python -m mebert.train --workdir=runs/ner --mode=predict --input=sentences.conll --output=tags.tsv
 
-Each word's tag sits on its first piece; predictions are read there and mapped back to the words,
-one tag per input word (words cut off by data.seq_len get task.truncated_tag, "O").
-Arguments: none (../shared/data/conll2003 train.txt / valid.txt) or "tfds" (conll2003).
+The folder holds the shared task's train.txt and valid.txt (word POS chunk tag per line; test.txt
+becomes data.test_files). Each word's tag sits on its first piece; predictions are read there and
+mapped back to the words, one tag per input word (words cut off by data.seq_len get
+task.truncated_tag, "O").
 
 Dropout is off (task.hidden_dropout = task.attention_dropout = 0; the classifier's follows). It
 was chosen on data the evaluation never sees: 10% of train.txt held out by sentence hash, 2
@@ -15,7 +16,9 @@ epochs, seeds 0-2, entity F1 0.868 without dropout against 0.847 with MiniLM's 0
 Set both to -1 for the model's own rates, as Hugging Face's recipe has them.
 """
 
-from mebert.tasks.defaults import finetune_defaults, minilm_folder, shared_data
+from etils import epath
+
+from mebert.tasks.defaults import finetune_defaults, minilm_folder
 
 
 def get_config(arg=None):
@@ -24,9 +27,12 @@ def get_config(arg=None):
   c.task.text_column, c.task.label_column = "tokens", "ner_tags"  # JSONL / TFDS names
   if arg == "tfds":
     c.data.train_files, c.data.eval_files = "tfds:conll2003@train", "tfds:conll2003@dev"
-  else:
-    c.data.train_files = shared_data("conll2003", "train.txt")
-    c.data.eval_files = shared_data("conll2003", "valid.txt")
+    c.data.test_files = "test=tfds:conll2003@test"
+  elif arg:
+    folder = epath.Path(arg)
+    c.data.train_files, c.data.eval_files = str(folder / "train.txt"), str(folder / "valid.txt")
+    if (folder / "test.txt").exists():
+      c.data.test_files = f"test={folder / 'test.txt'}"
   c.data.conll_word_column, c.data.conll_tag_column = 0, 3
   c.data.seq_len = 128
   c.init.hf = minilm_folder()

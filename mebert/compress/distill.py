@@ -199,6 +199,7 @@ def _student_run_config(config, student: ModelConfig, teacher: Teacher):
   c = config_dict.ConfigDict(config.to_dict())
   c.model = config_dict.ConfigDict(dataclasses.asdict(student))
   c.data.vocab, c.data.lowercase = teacher.vocab, teacher.lowercase
+  c.init.random = True  # config.init.* must be empty (DistillSpec): the layers come from the teacher
   c.task.labels = tuple(teacher.labels)
   return c
 
@@ -224,6 +225,10 @@ class Distillation(finetune.FineTuning):
 
   def __init__(self, config, workdir: str):
     self.spec = DistillSpec.from_config(config)
+    if not config.data.train_files and os.path.isdir(os.path.join(self.spec.teacher, "checkpoints")):
+      from mebert.tasks import run_config  # the teacher's files, split and columns
+
+      config = run_config.with_data_of(config, self.spec.teacher)
     self.teacher = load_teacher(config, self.spec)
     if self.teacher.kind != config.task.kind:
       raise ValueError(f"task.kind={config.task.kind} but the teacher {self.teacher.origin} is a "

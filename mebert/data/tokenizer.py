@@ -239,6 +239,14 @@ def train_sentencepiece(texts: Iterable[str], *, vocab_size: int, output_prefix:
   return str(out)
 
 
+def trained_vocab_path(workdir: str) -> str:
+  """Where ensure_tokenizer keeps the vocabulary it trains for a workdir (recorded as data.vocab
+  in the workdir's saved config, so exports and fine-tuning find it)."""
+  from etils import epath  # pylint: disable=g-import-not-at-top
+
+  return str(epath.Path(workdir) / "vocab" / _SPM_NAME)
+
+
 def ensure_tokenizer(data_config, workdir: str) -> Tokenizer:
   """data_config.vocab if set; else the sentencepiece model in {workdir}/vocab/, trained if absent.
 
@@ -251,7 +259,7 @@ def ensure_tokenizer(data_config, workdir: str) -> Tokenizer:
   lowercase = bool(data_config.get("lowercase", True))
   if data_config.get("vocab", ""):
     return load_tokenizer(data_config.vocab, lowercase=lowercase)
-  model_path = epath.Path(workdir) / "vocab" / _SPM_NAME
+  model_path = epath.Path(trained_vocab_path(workdir))
   if jax.process_index() == 0 and not model_path.exists():
     from mebert.data import corpora  # pylint: disable=g-import-not-at-top
 

@@ -157,22 +157,48 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def plot(rows: list[dict]) -> bytes:
-  from mebert.experiments import png_plot  # pylint: disable=g-import-not-at-top
+  """The MLM accuracy of each variant against the eval length (log2 axis), with the
+  most-frequent-token baseline dashed: a 900x560 PNG drawn by matplotlib (Agg, no display)."""
+  import io  # pylint: disable=g-import-not-at-top
 
-  series = {r["name"]: [(n, e["mlm_accuracy"]) for n, e in sorted(r["evals"].items())] for r in rows}
-  bounded = [r["name"] for r in rows if any(cannot_extrapolate(r, n) for n in lengths_of(rows))]
-  notes = [f"{', '.join(bounded)}: a learned position table, no eval past its rows"] if bounded else []
+  import matplotlib  # pylint: disable=g-import-not-at-top
+
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  lengths = lengths_of(rows)
+  bounded = [r["name"] for r in rows if any(cannot_extrapolate(r, n) for n in lengths)]
   baseline = {}
   for r in rows:
     for n, e in r["evals"].items():
       if e.get("most_frequent_token_accuracy") is not None:
         baseline.setdefault(n, e["most_frequent_token_accuracy"])
   first = rows[0] if rows else {"seq_len": 0, "steps": 0, "batch_size": 0}
-  return png_plot.line_plot(
-      series, title=f"mlm accuracy by eval length (trained at {first['seq_len']} tokens, "
-      f"{first['steps']} steps x {first['batch_size']})", xlabel="eval sequence length (tokens)",
-      ylabel="mlm accuracy", xticks=lengths_of(rows), notes=notes,
-      reference=("most frequent token", sorted(baseline.items())) if baseline else None)
+  fig, ax = plt.subplots(figsize=(9, 5.6), dpi=100)
+  for r in rows:
+    points = sorted((n, e["mlm_accuracy"]) for n, e in r["evals"].items())
+    ax.plot([n for n, _ in points], [a for _, a in points], marker="o", label=r["name"])
+  if baseline:
+    points = sorted(baseline.items())
+    ax.plot([n for n, _ in points], [a for _, a in points], linestyle="--", color="grey",
+            label="most frequent token")
+  ax.set_xscale("log", base=2)
+  if lengths:
+    ax.set_xticks(lengths, [str(n) for n in lengths])
+  ax.set_xlabel("eval sequence length (tokens)")
+  ax.set_ylabel("mlm accuracy")
+  ax.set_title(f"mlm accuracy by eval length (trained at {first['seq_len']} tokens, "
+               f"{first['steps']} steps x {first['batch_size']})")
+  ax.grid(alpha=0.3)
+  ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small")
+  if bounded:
+    fig.text(0.01, 0.01, f"{', '.join(bounded)}: a learned position table, no eval past its rows",
+             fontsize="small")
+  fig.tight_layout()
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format="png", dpi=100)
+  plt.close(fig)
+  return buffer.getvalue()
 
 
 def order_rows(rows: list[dict], variants: list[str] | None) -> list[dict]:

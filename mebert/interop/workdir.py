@@ -78,7 +78,7 @@ def export_workdir(workdir: str, folder: str, *, step: int | None = None,
     raise InteropError(f"{workdir}: {e}") from None
   task = config_dict.get("task") or {}
   data = config_dict.get("data") or {}
-  vocab = data.get("vocab") or None
+  vocab = _saved_vocab(workdir, data.get("vocab") or "")
   trained = os.path.join(workdir, "vocab", "spm.model")  # a pretraining run's own vocabulary
   if vocab is None and os.path.isfile(trained):
     vocab = trained
@@ -86,3 +86,11 @@ def export_workdir(workdir: str, folder: str, *, step: int | None = None,
                    tokenizer_path=vocab,
                    lowercase=data.get("lowercase", True),  # the data pipeline's default
                    parity=parity)
+
+
+def _saved_vocab(workdir: str, vocab: str) -> str | None:
+  """The saved config's tokenizer; in a moved or copied workdir, its own WORKDIR/vocab/ copy."""
+  if not vocab or os.path.exists(vocab):
+    return vocab or None
+  local = os.path.join(workdir, "vocab", os.path.basename(vocab.rstrip("/")))
+  return local if os.path.exists(local) else vocab

@@ -68,11 +68,12 @@ def mesh_shape(mesh_config, num_devices: int) -> tuple[int, int, int]:
   known = math.prod(s for s in sizes.values() if s != -1)
   if free:
     if num_devices % known:
-      raise ValueError(f"mesh: {sizes} does not divide the {num_devices} devices")
+      raise ValueError(f"mesh: {sizes} does not divide the {num_devices} "
+                       f"{jax.default_backend()} devices")
     sizes[free[0]] = num_devices // known
   if math.prod(sizes.values()) != num_devices:
     raise ValueError(f"mesh: data*fsdp*tensor = {math.prod(sizes.values())} ({sizes}) "
-                     f"but there are {num_devices} devices")
+                     f"but there are {num_devices} {jax.default_backend()} devices")
   return tuple(sizes[a] for a in MESH_AXES)
 
 

@@ -1,5 +1,5 @@
-"""Fine-tuning examples: local files or TFDS -> Example records with their origin, label
-vocabularies, a deterministic held-out split, and tokenization (pairs, word-aligned tags).
+"""Fine-tuning examples: local or gs:// files, or TFDS -> Example records with their origin, and
+label vocabularies (held-out splits: mebert.tasks.holdout).
 
 Formats (data.format, "auto" picks by suffix):
   tsv    split on tabs only, no quoting (GLUE: MRPC has quotes inside sentences), BOM stripped;
@@ -16,12 +16,13 @@ from __future__ import annotations
 import csv
 import dataclasses
 import glob
-import hashlib
+import io
 import json
 import os
 from typing import Any
 
 import numpy as np
+from etils import epath
 
 
 @dataclasses.dataclass
@@ -31,6 +32,7 @@ class Example:
   label: Any = None  # str (classification), float (regression), list[str] (tags), None (unlabeled)
   file: str = ""
   line: int = 0
+  id: str | None = None  # data.id_column's value (a GLUE test row's index), when the file has it
 
   @property
   def where(self) -> str:
@@ -39,6 +41,35 @@ class Example:
 
 class DataError(ValueError):
   """Bad input data; the message names the file and line."""
+
+
+def _remote(path: str) -> bool:
+  return "://" in path
+
+
+def _open_binary(path: str):
+  return epath.Path(path).open("rb") if _remote(path) else open(path, "rb")
+
+
+def _open_text(path: str, newline: str | None = None):
+  """A local or gs:// (etils.epath, through gcsfs) file as UTF-8 text, a BOM dropped."""
+  if _remote(path):
+    return io.TextIOWrapper(epath.Path(path).open("rb"), encoding="utf-8-sig", newline=newline)
+  return open(path, encoding="utf-8-sig", newline=newline)
+
+
+def _is_file(path: str) -> bool:
+  return epath.Path(path).is_file() if _remote(path) else os.path.isfile(path)
+
+
+def _expand(part: str) -> list[str]:
+  """A path, or the sorted matches of a glob (remote: a pattern in the file name only)."""
+  if not glob.has_magic(part):
+    return [part]
+  if _remote(part):
+    parent, _, pattern = part.rpartition("/")
+    return sorted(str(p) for p in epath.Path(parent).glob(pattern))
+  return sorted(glob.glob(os.path.expanduser(part)))
 
 
 def _format_of(path: str, fmt: str, token_task: bool) -> str:
@@ -66,7 +97,7 @@ def _column(spec: str, header: list[str] | None, path: str):
 
 
 def _rows_from_table(path, fmt, header_row: bool):
-  with open(path, encoding="utf-8-sig", newline="") as f:
+  with _open_text(path, newline="") as f:
     if fmt == "tsv":
       rows = ((i + 1, line.rstrip("\r\n").split("\t")) for i, line in enumerate(f))
     else:
@@ -86,23 +117,26 @@ def _read_table(path, fmt, task, data, labeled) -> list[Example]:
   out, cols = [], None
   for header, line, row in _rows_from_table(path, fmt, bool(data.header)):
     if cols is None:
+      id_col = data.get("id_column", "")
       cols = (_column(task.text_column, header, path),
               _column(task.text_pair_column, header, path) if task.text_pair_column else None,
-              _column(task.label_column, header, path) if labeled else None)
+              _column(task.label_column, header, path) if labeled else None,
+              header.index(id_col) if header and id_col and id_col in header else None)
     try:
       values = [None if c is None else row[c] for c in cols]
     except IndexError:
       raise DataError(f"{path} line {line}: {len(row)} columns, need column "
                       f"{max(c for c in cols if c is not None)}") from None
-    text, pair, label = values
+    text, pair, label, key = values
     out.append(Example(text.strip(), None if pair is None else pair.strip(),
-                       None if label is None else label.strip(), path, line))
+                       None if label is None else label.strip(), path, line,
+                       None if key is None else key.strip()))
   return out
 
 
-def _read_jsonl(path, task, labeled) -> list[Example]:
+def _read_jsonl(path, task, data, labeled) -> list[Example]:
   out = []
-  with open(path, encoding="utf-8-sig") as f:
+  with _open_text(path) as f:
     for i, raw in enumerate(f, 1):
       if not raw.strip():
         continue
@@ -116,8 +150,9 @@ def _read_jsonl(path, task, labeled) -> list[Example]:
       if missing:
         raise DataError(f"{path} line {i}: no key {missing[0]!r} (keys: {sorted(record)})")
       label = record.get(task.label_column) if labeled else None
+      key = record.get(data.get("id_column", "")) if data.get("id_column", "") else None
       out.append(Example(record[task.text_column], record.get(task.text_pair_column) or None,
-                         label, path, i))
+                         label, path, i, None if key is None else str(key)))
   return out
 
 
@@ -131,7 +166,7 @@ def _read_conll(path, data, labeled) -> list[Example]:
     words.clear()
     tags.clear()
 
-  with open(path, encoding="utf-8-sig") as f:
+  with _open_text(path) as f:
     for i, raw in enumerate(f, 1):
       cols = raw.split()
       if not cols:
@@ -152,7 +187,7 @@ def _read_conll(path, data, labeled) -> list[Example]:
 
 
 def _read_text(path) -> list[Example]:
-  with open(path, encoding="utf-8-sig") as f:
+  with _open_text(path) as f:
     return [Example(line.strip(), None, None, path, i) for i, line in enumerate(f, 1)
             if line.strip()]
 
@@ -167,11 +202,19 @@ def _decode(value):
   return value
 
 
+def _stripped(value):
+  """Text as the TSV reader gives it (GLUE's SST-2 sentences end with a space)."""
+  return value.strip() if isinstance(value, str) else value
+
+
 def _read_tfds(part, task, data, labeled) -> list[Example]:
   import tensorflow_datasets as tfds
 
   name, _, split = part[len("tfds:"):].partition("@")
   split = split or "train"
+  from mebert.tasks.prepare_tfds import register  # tfds's own builders, without TensorFlow
+
+  register(name)
   where = data.tfds_data_dir or "the default TFDS data dir"
   try:
     src = tfds.data_source(name, split=split, data_dir=data.tfds_data_dir or None, download=False)
@@ -197,22 +240,25 @@ def _read_tfds(part, task, data, labeled) -> list[Example]:
                  names[int(ids)] if ids.ndim == 0 else [names[int(j)] for j in ids])
       elif isinstance(label, np.generic):
         label = label.item()
-      out.append(Example(_decode(record[task.text_column]),
-                         _decode(record[task.text_pair_column]) if task.text_pair_column else None,
-                         label, f"tfds:{name}@{split}", i))
+      key = data.get("id_column", "")
+      out.append(Example(_stripped(_decode(record[task.text_column])),
+                         _stripped(_decode(record[task.text_pair_column]))
+                         if task.text_pair_column else None,
+                         label, f"tfds:{name}@{split}", i,
+                         str(_decode(record[key])) if key and key in record else None))
   return out
 
 
 def _read_file(path: str, fmt: str, task, data, labeled: bool) -> list[Example]:
   """One local file; what the readers cannot parse becomes a DataError naming the file."""
-  with open(path, "rb") as f:
+  with _open_binary(path) as f:
     if b"\0" in f.read(1 << 16):
       raise DataError(f"{path}: a binary file (NUL bytes), not {fmt} text")
   try:
     if fmt in ("tsv", "csv"):
       return _read_table(path, fmt, task, data, labeled)
     if fmt == "jsonl":
-      return _read_jsonl(path, task, labeled)
+      return _read_jsonl(path, task, data, labeled)
     if fmt == "conll":
       return _read_conll(path, data, labeled)
     if fmt == "text":
@@ -237,8 +283,8 @@ def read_examples(spec: str, task, data, *, labeled: bool = True, limit: int = 0
     if part.startswith("tfds:"):
       out += _read_tfds(part, task, data, labeled)
       continue
-    paths = sorted(glob.glob(os.path.expanduser(part))) if glob.has_magic(part) else [part]
-    if not paths or not all(os.path.isfile(p) for p in paths):
+    paths = _expand(part)
+    if not paths or not all(_is_file(p) for p in paths):
       raise FileNotFoundError(f"{part}: no such file")
     for path in paths:
       out += _read_file(path, _format_of(path, str(data.format), token_task), task, data, labeled)
@@ -286,26 +332,3 @@ def check_labels(examples: list[Example], labels: list[str], kind: str) -> None:
       if str(label) not in known:
         raise DataError(f"{ex.where}: unknown label {str(label)!r}; the model knows "
                         f"{len(labels)} labels: {labels}")
-
-
-def holdout_split(examples: list[Example], fraction: float, offset: float = 0.0):
-  """(train, held out) by a hash of each example's text: deterministic, independent of the seed,
-  and duplicated sentences (SST-2 repeats phrases) all land on the same side. The held-out part is
-  hash buckets [offset, offset + fraction); buckets below offset are on neither side, so a
-  selection split (offset 0.05) never sees the examples an evaluation split (fraction 0.05) holds."""
-  if not 0.0 < fraction < 1.0:
-    raise ValueError(f"data.holdout_fraction={fraction} must be in (0, 1) when data.eval_files "
-                     "is empty")
-  if not 0.0 <= offset < 1.0 - fraction:
-    raise ValueError(f"data.holdout_offset={offset} must be in [0, 1 - data.holdout_fraction="
-                     f"{1.0 - fraction:g})")
-  train, held = [], []
-  for ex in examples:
-    key = json.dumps([ex.text, ex.pair], ensure_ascii=False).encode("utf-8")
-    bucket = int.from_bytes(hashlib.md5(key).digest()[:8], "little") / 2.0**64
-    if bucket >= offset:
-      (held if bucket < offset + fraction else train).append(ex)
-  if not train or not held:
-    raise ValueError(f"data.holdout_fraction={fraction} (offset {offset}) leaves an empty split "
-                     f"of {len(examples)} examples")
-  return train, held

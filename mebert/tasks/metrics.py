@@ -1,134 +1,85 @@
-"""Task metrics in numpy: accuracy, F1 (binary and macro), Matthews correlation, Pearson and
-Spearman, and entity-level span F1 for IOB2/IOBES tags.
+"""Task metrics from the field's libraries: scikit-learn (accuracy, F1, Matthews correlation),
+scipy (Pearson, Spearman) and seqeval (entity-level span F1, its default conlleval-compatible
+chunking of IOB2/IOBES tags).
 
-No scikit-learn, scipy or seqeval at runtime; tests check every function against them. Edge cases
-follow the references: an undefined F1 or correlation (no positives, a constant input) is 0.0, as
-scikit-learn's zero_division=0 and seqeval's default give (scipy returns NaN for a constant input;
-0.0 keeps early stopping and averages over seeds well-defined).
+Undefined values are 0.0: an F1 without positives (scikit-learn's zero_division=0, seqeval's
+default) and a correlation of a constant input (scipy returns NaN; 0.0 keeps early stopping and
+averages over seeds defined).
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Sequence
 
 import numpy as np
+from scipy import stats
+from seqeval.metrics.sequence_labeling import get_entities as _seqeval_entities
+from seqeval.metrics.sequence_labeling import precision_recall_fscore_support
+from sklearn import metrics as skm
 
 
 def accuracy(y_true, y_pred) -> float:
-  y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-  return float(np.mean(y_true == y_pred)) if y_true.size else 0.0
-
-
-def _f1(tp: float, fp: float, fn: float) -> float:
-  denom = 2 * tp + fp + fn
-  return float(2 * tp / denom) if denom else 0.0
+  return float(skm.accuracy_score(y_true, y_pred)) if len(y_true) else 0.0
 
 
 def f1_binary(y_true, y_pred, positive=1) -> float:
-  """F1 of the positive class (scikit-learn's average="binary")."""
-  t, p = np.asarray(y_true) == positive, np.asarray(y_pred) == positive
-  return _f1(float(np.sum(t & p)), float(np.sum(~t & p)), float(np.sum(t & ~p)))
+  """F1 of the positive class (also when it is absent from both: 0.0)."""
+  if not len(y_true):
+    return 0.0
+  return float(skm.f1_score(y_true, y_pred, labels=[positive], average="macro", zero_division=0))
 
 
 def f1_macro(y_true, y_pred) -> float:
-  """Unweighted mean of per-class F1 over the classes present in y_true or y_pred (scikit-learn)."""
-  y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-  classes = np.union1d(y_true, y_pred)
-  if not classes.size:
-    return 0.0
-  return float(np.mean([f1_binary(y_true, y_pred, c) for c in classes]))
+  """Unweighted mean of per-class F1 over the classes present in y_true or y_pred."""
+  return float(skm.f1_score(y_true, y_pred, average="macro", zero_division=0)) if len(y_true) else 0.0
 
 
 def matthews_corrcoef(y_true, y_pred) -> float:
-  """Multi-class MCC (Gorodkin 2004), as scikit-learn computes it; 0.0 when undefined."""
-  y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-  classes, inverse = np.unique(np.concatenate([y_true, y_pred]), return_inverse=True)
-  t, p = inverse[:y_true.size], inverse[y_true.size:]
-  confusion = np.zeros((classes.size, classes.size), np.float64)
-  np.add.at(confusion, (t, p), 1.0)
-  t_sum, p_sum = confusion.sum(axis=1), confusion.sum(axis=0)
-  n, correct = confusion.sum(), np.trace(confusion)
-  cov_tp = correct * n - t_sum @ p_sum
-  cov_pp = n * n - p_sum @ p_sum
-  cov_tt = n * n - t_sum @ t_sum
-  if cov_pp * cov_tt == 0:
+  """Multi-class MCC (Gorodkin 2004); 0.0 when undefined."""
+  if not len(y_true):
     return 0.0
-  return float(cov_tp / np.sqrt(cov_tt * cov_pp))
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", RuntimeWarning)  # a constant column: sklearn returns 0.0
+    return float(skm.matthews_corrcoef(y_true, y_pred))
+
+
+def _correlation(fn, x, y) -> float:
+  x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+  if x.size < 2 or np.all(x == x[0]) or np.all(y == y[0]):
+    return 0.0
+  return float(np.clip(fn(x, y)[0], -1.0, 1.0))
 
 
 def pearson(x, y) -> float:
-  x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-  if x.size < 2:
-    return 0.0
-  dx, dy = x - x.mean(), y - y.mean()
-  denom = np.sqrt((dx @ dx) * (dy @ dy))
-  return float(np.clip((dx @ dy) / denom, -1.0, 1.0)) if denom > 0 else 0.0
-
-
-def rankdata(x) -> np.ndarray:
-  """1-based ranks, ties sharing their average rank (scipy.stats.rankdata's default)."""
-  x = np.asarray(x)
-  order = np.argsort(x, kind="stable")
-  sorted_x = x[order]
-  starts = np.flatnonzero(np.r_[True, sorted_x[1:] != sorted_x[:-1]])
-  ends = np.r_[starts[1:], x.size]
-  average = (starts + ends + 1) / 2.0  # mean of the 1-based positions start+1 .. end
-  ranks = np.empty(x.size, np.float64)
-  ranks[order] = np.repeat(average, ends - starts)
-  return ranks
+  return _correlation(stats.pearsonr, x, y)
 
 
 def spearman(x, y) -> float:
-  return pearson(rankdata(x), rankdata(y))
-
-
-# Entity spans, seqeval's default (conlleval-compatible) chunking: an I- tag after O or after
-# another type starts an entity, as does B-/S-; E-/S- end one. Spans are (type, start, end).
-
-def _split_tag(tag: str) -> tuple[str, str]:
-  prefix, type_ = tag[0], tag[1:].split("-", maxsplit=1)[-1]
-  return prefix, type_ or "_"
-
-
-def _end_of_chunk(prev_tag, tag, prev_type, type_) -> bool:
-  return (prev_tag in ("E", "S")
-          or (prev_tag in ("B", "I") and tag in ("B", "S", "O"))
-          or (prev_tag not in ("O", ".") and prev_type != type_))
-
-
-def _start_of_chunk(prev_tag, tag, prev_type, type_) -> bool:
-  return (tag in ("B", "S")
-          or (prev_tag in ("E", "S", "O") and tag in ("E", "I"))
-          or (tag not in ("O", ".") and prev_type != type_))
+  return _correlation(stats.spearmanr, x, y)
 
 
 def get_entities(tags: Sequence[str]) -> list[tuple[str, int, int]]:
-  """Entity spans (type, first index, last index) of one tag sequence."""
-  chunks, prev_tag, prev_type, begin = [], "O", "", 0
-  for i, tag in enumerate(list(tags) + ["O"]):
-    prefix, type_ = _split_tag(tag)
-    if _end_of_chunk(prev_tag, prefix, prev_type, type_):
-      chunks.append((prev_type, begin, i - 1))
-    if _start_of_chunk(prev_tag, prefix, prev_type, type_):
-      begin = i
-    prev_tag, prev_type = prefix, type_
-  return chunks
+  """Entity spans (type, first index, last index) of one tag sequence, as seqeval chunks them."""
+  return _seqeval_entities(list(tags))
 
 
 def span_scores(true_seqs: Sequence[Sequence[str]], pred_seqs: Sequence[Sequence[str]]) -> dict:
   """Micro-averaged entity-level precision, recall and F1 (seqeval's default mode)."""
-  true_spans, pred_spans = set(), set()
-  for i, (t, p) in enumerate(zip(true_seqs, pred_seqs, strict=True)):
+  true_seqs, pred_seqs = [list(s) for s in true_seqs], [list(s) for s in pred_seqs]
+  if len(true_seqs) != len(pred_seqs):
+    raise ValueError(f"{len(true_seqs)} gold sentences but {len(pred_seqs)} predicted")
+  for i, (t, p) in enumerate(zip(true_seqs, pred_seqs)):
     if len(t) != len(p):
       raise ValueError(f"sentence {i}: {len(t)} gold tags but {len(p)} predicted")
-    true_spans |= {(i,) + s for s in get_entities(t)}
-    pred_spans |= {(i,) + s for s in get_entities(p)}
-  correct = len(true_spans & pred_spans)
-  precision = correct / len(pred_spans) if pred_spans else 0.0
-  recall = correct / len(true_spans) if true_spans else 0.0
-  f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-  return {"span_precision": precision, "span_recall": recall, "span_f1": f1,
-          "gold_entities": len(true_spans), "predicted_entities": len(pred_spans)}
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # seqeval warns about undefined scores: they are 0.0 here
+    precision, recall, f1, gold = precision_recall_fscore_support(
+        true_seqs, pred_seqs, average="micro", zero_division=0)
+  # seqeval chunks the sentences as one sequence with "O" between them, as conlleval does.
+  predicted = len(_seqeval_entities(pred_seqs))
+  return {"span_precision": float(precision), "span_recall": float(recall), "span_f1": float(f1),
+          "gold_entities": int(gold), "predicted_entities": predicted}
 
 
 def classification_metrics(y_true, y_pred, num_classes: int, positive: int = 1) -> dict:

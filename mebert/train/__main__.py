@@ -63,8 +63,14 @@ _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "predict", "compile
                           "(see the modes above).")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step for --mode=eval (default: latest; "
                              "fine-tuning: the best).")
-_INPUT = flags.DEFINE_string("input", None, "--mode=predict: the file to label.")
-_OUTPUT = flags.DEFINE_string("output", None, "--mode=predict: where to write (JSONL or TSV).")
+_INPUT = flags.DEFINE_string("input", None, "--mode=predict: the file to label; --mode=eval "
+                             "(fine-tuning): a labelled file to score instead of the dev set.")
+_OUTPUT = flags.DEFINE_string("output", None, "--mode=predict: where to write (JSONL or TSV); "
+                              "without --input, a folder for data.test_files' sets (GLUE "
+                              "submission files).")
+_PLATFORM = flags.DEFINE_enum("platform", None, ["cpu", "gpu", "tpu"], "Fail unless JAX runs "
+                              "on this platform (the launchers set it: a GPU or TPU job that "
+                              "fell back to CPU devices stops at once).")
 _QUANTIZE = flags.DEFINE_enum("quantize", None, ["none", "int8"], "--mode=eval/predict: int8 = "
                               "per-channel int8 weights (mebert.compress.quantize); fine-tuning "
                               "configs: the same as --config.eval.quantize=int8.")
@@ -72,7 +78,7 @@ _COMPILATION_CACHE = flags.DEFINE_string(
     "compilation_cache", None, "Where compiled programs are kept between runs (default: "
     "WORKDIR/xla_cache, or JAX_COMPILATION_CACHE_DIR when set); a directory to share among runs, "
     "or none. See mebert.train.compile_cache.")
-flags.mark_flags_as_required(["config", "workdir"])
+flags.mark_flags_as_required(["workdir"])
 
 
 def main(argv):
@@ -80,15 +86,28 @@ def main(argv):
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
   logging.getLogger("absl").setLevel(logging.WARNING)
   host_memory.configure()  # before JAX starts: the opt-in host tuning (mebert/host_memory.py)
-  from mebert.train import compile_cache, distributed, trainer  # after flags: jax starts later
+  from mebert.train import compile_cache, distributed, platform_check, trainer  # jax starts later
 
   distributed.initialize_from_environment()
+  platform_check.check(_PLATFORM.value)
   compile_cache.enable(_COMPILATION_CACHE.value, _WORKDIR.value.split(",")[0])
   config = _CONFIG.value
   quantize = _QUANTIZE.value
   if quantize not in (None, "none") and _MODE.value not in ("eval", "predict"):
     raise ValueError(f"--quantize={quantize} is for --mode=eval and --mode=predict")
-  if "task" in config:  # fine-tuning; --workdir=W1,W2,... in eval/predict is an ensemble
+  if _MODE.value in ("eval", "predict"):
+    config = _workdir_config(config)
+  elif config is None:
+    raise ValueError(f"--mode={_MODE.value} needs --config=CONFIG_FILE")
+  if "task" in config and _MODE.value in ("eval", "predict"):
+    # The workdir's saved config, with the command line's data files and runtime keys only.
+    from mebert.tasks import finetune
+
+    if quantize is not None:
+      config.eval.quantize = quantize
+    metrics = finetune.run(config, _WORKDIR.value, _MODE.value, step=_STEP.value,
+                           input_path=_INPUT.value, output_path=_OUTPUT.value)
+  elif "task" in config:  # fine-tuning; --workdir=W1,W2,... in eval/predict is an ensemble
     from mebert.tasks import finetune
 
     if quantize is not None:
@@ -116,6 +135,28 @@ def main(argv):
 
     metrics = compile_report.compile_and_report(config, _WORKDIR.value)
   print(json.dumps(metrics, sort_keys=True), flush=True)
+
+
+def _workdir_config(config):
+  """--mode=eval/predict: a fine-tuned workdir's saved config (mebert.tasks.run_config), a
+  pretraining workdir's when --config is not given, else the command line's."""
+  from mebert.tasks import run_config
+  from mebert.train import checkpoints
+
+  workdir = _WORKDIR.value
+  if config is None or "task" in config:
+    overrides = config_flags.get_override_values(flags.FLAGS["config"]) if config else {}
+    first = workdir.split(",")[0].split("@")[0]
+    if config is not None or run_config.saved_finetune_config(first) is not None:
+      return run_config.eval_config(workdir, config, overrides)
+  if config is None:
+    from ml_collections import config_dict
+
+    saved = checkpoints.saved_config(workdir)
+    if saved is None:
+      raise ValueError(f"{workdir} has no checkpoint with a saved config: pass --config")
+    return config_dict.ConfigDict(saved)
+  return config
 
 
 def _parse_flags(argv):

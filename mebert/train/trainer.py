@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mebert.data.pipeline import make_pretraining_iterator
-from mebert.data.tokenizer import ensure_tokenizer
+from mebert.data.tokenizer import ensure_tokenizer, trained_vocab_path
 from mebert.model import positions
 from mebert.model.config import ModelConfig
 from mebert.parallel import mesh as mesh_lib
@@ -233,8 +233,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
     # interpreter, or its own traceback, not ours, becomes the last line printed.
     ckpt.close()
     raise
+  config_dict = config.to_dict()
+  if not config.data.vocab and exp.hf_source is None:  # the vocabulary trained on the first run
+    config_dict["data"]["vocab"] = trained_vocab_path(workdir)
   # Only now that data, checkpoint and init all check out: a bad input leaves the workdir as it was.
-  write_json(workdir, "config.json", config.to_dict())
+  write_json(workdir, "config.json", config_dict)
   batches = DevicePrefetcher(
       train_iter, lambda host: mesh_lib.global_batch(_model_batch(host), exp.mesh),
       int(config.data.device_prefetch))
@@ -243,7 +246,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   task = _Pretraining(exp, distributed.ExampleIdRecorder(workdir))  # MEBERT_RECORD_EXAMPLE_IDS=1
   out = loop.run(task, state, start_step=start_step, batches=batches, checkpointer=ckpt,
                  cadence=cadence, selection=selection, workdir=workdir,
-                 config_dict=config.to_dict(), save_batches=True)
+                 config_dict=config_dict, save_batches=True)
   # A run that was already finished evaluates its last checkpoint again.
   final = dict(out.last_eval) if out.last_eval is not None else exp.evaluate(out.state.params)
   final["step"] = out.step

@@ -26,6 +26,7 @@ def tiny_config(vocab: str, train_files: str):
   c.task.kind = "classification"
   c.data.vocab, c.data.train_files, c.data.holdout_fraction = vocab, train_files, 0.25
   c.data.seq_len, c.data.buckets = 32, (32,)
+  c.init.random = True
   c.model.hidden_size, c.model.num_layers, c.model.num_heads = 32, 2, 2
   c.model.intermediate_size, c.model.max_position_embeddings = 64, 32
   c.train.batch_size, c.eval.batch_size = 16, 32

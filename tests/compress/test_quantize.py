@@ -207,7 +207,7 @@ def test_cli_eval_int8(random_task_workdir, tmp_path):
            f"--config.data.vocab={c.data.vocab}", "--config.init.hf=", "--config.data.seq_len=32",
            "--config.data.buckets=(32,)", "--config.eval.batch_size=32"]
   cfg = "--config=configs/finetune/sst2.py"
-  run = _cli("mebert.train", cfg, f"--workdir={workdir}", "--mode=eval", "--quantize=int8", *flags)
+  run = _cli("mebert.train", f"--workdir={workdir}", "--mode=eval", "--quantize=int8")
   assert run.returncode == 0, run.stderr[-3000:]
   int8 = json.loads(run.stdout.strip().splitlines()[-1])
   assert "int8 weights" in run.stderr

@@ -82,6 +82,19 @@ def test_split_sentences():
                                           "A line without end"]
 
 
+def test_split_sentences_where_the_regex_goes_wrong():
+  """Abbreviations and titles: the regex alone splits after "Mr." and "Dr."; pysbd's rules (where
+  installed) keep those sentences whole."""
+  pytest.importorskip("pysbd")
+  doc = ("Mr. Smith went to Washington. He met Dr. Jones at 5 p.m. on Monday. Prices rose, "
+         "e.g. for oil. Was it Dr. Who? No, Dr. Watson!")
+  want = ["Mr. Smith went to Washington.", "He met Dr. Jones at 5 p.m. on Monday.",
+          "Prices rose, e.g. for oil.", "Was it Dr. Who?", "No, Dr. Watson!"]
+  assert corpora.split_sentences(doc) == want
+  regex_only = corpora._SENTENCE_END.split(doc)  # pylint: disable=protected-access
+  assert "Mr." in [p.strip() for p in regex_only]  # what the regex alone did
+
+
 def test_heldout_split_is_deterministic_disjoint_and_stable(tmp_path):
   docs = [f"Document number {i}. It has a sentence." for i in range(400)]
   (tmp_path / "a.txt").write_text("\n\n".join(docs))

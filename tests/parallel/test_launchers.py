@@ -105,7 +105,7 @@ def test_tpu_vm_dry_run_creates_copies_installs_runs_everywhere_and_tears_down()
   assert any("ls-files" in l and "tar -czf" in l for l in lines)
   assert any("tpu-vm scp" in l and "--worker=all" in l for l in lines)
   install = next(l for l in lines if "requirements.txt" in l)
-  assert "--worker=all" in install and "jax[tpu]" in install and "venv" in install
+  assert "--worker=all" in install and "requirements-tpu.txt" in install and "venv" in install
   runs = [l for l in lines if "-m mebert.train" in l]
   assert len(runs) == 4
   for i, line in enumerate(runs):
@@ -115,7 +115,7 @@ def test_tpu_vm_dry_run_creates_copies_installs_runs_everywhere_and_tears_down()
     remote = remote[len("--command="):]
     # stale TPU users are killed and the lockfile removed before training starts
     assert remote.index("kill -9") < remote.index("rm -f /tmp/libtpu_lockfile") < remote.index("mebert.train")
-    assert shlex.split(remote.split("-m mebert.train", 1)[1]) == FLAGS
+    assert shlex.split(remote.split("-m mebert.train", 1)[1]) == ["--platform=tpu", *FLAGS]
   assert any(l.startswith("tail -n +1 -F logs/tpu-bert-pod-r1/worker_0.log") for l in lines)
 
   out = _run(["bash", str(LAUNCH / "tpu_vm.sh"), "--dry-run", "delete"], env=env)
@@ -143,4 +143,5 @@ def test_slurm_dry_run_runs_one_task_per_gpu():
   srun = shlex.split(out.stdout.splitlines()[-1])
   assert srun[0] == "srun" and "--kill-on-bad-exit=1" in srun
   assert not any(a.startswith(("--gpus-per-task", "--gpu-bind")) for a in srun)
-  assert srun[srun.index("/opt/venv/bin/python"):] == ["/opt/venv/bin/python", "-m", "mebert.train", *FLAGS]
+  assert srun[srun.index("/opt/venv/bin/python"):] == ["/opt/venv/bin/python", "-m", "mebert.train",
+                                                       "--platform=gpu", *FLAGS]

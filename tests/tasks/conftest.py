@@ -4,6 +4,7 @@ Every model here is tiny (hidden 32, one layer, seq 32) and each training run is
 tests that read it (module-scoped fixtures), so the default suite compiles each step once per run.
 """
 
+import os
 import pathlib
 import random
 
@@ -11,7 +12,8 @@ import pytest
 
 from mebert.tasks.defaults import finetune_defaults
 
-SHARED_DATA = pathlib.Path(__file__).resolve().parents[2].parent / "shared" / "data"
+SHARED_DATA = pathlib.Path(os.environ.get(  # as tests/conftest.py's
+    "MEBERT_SHARED_DATA", pathlib.Path(__file__).resolve().parents[2].parent / "shared" / "data"))
 WORDS = ("the a film movie good bad great awful plot actor story boring funny sad "
          "paris london berlin john mary smith company bank said today visited").split()
 
@@ -68,6 +70,7 @@ def make_tiny_config(kind: str = "classification", vocab: str = "", **overrides)
   c = finetune_defaults()
   c.task.kind = kind
   c.data.vocab = vocab
+  c.init.random = True  # tiny random models; a test that sets init.hf/checkpoint unsets it
   c.data.seq_len = 32
   c.data.buckets = (32,)  # one compiled shape per run; bucketing has its own tests
   c.model.hidden_size, c.model.num_layers, c.model.num_heads = 32, 1, 2

