@@ -1,7 +1,7 @@
 """The grain stream: batch layout, exact resume, process sharding, epochs, the eval pass.
 
 Unpacked rows here (data.pack=False); the resume tests run packed too. Packed rows' own layout,
-invariants and process sharding: test_packing.py."""
+invariants and process sharding: test_pretraining_packing.py."""
 
 import grain
 import numpy as np
