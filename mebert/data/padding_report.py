@@ -23,14 +23,6 @@ from ml_collections import config_flags
 from mebert.data import packing, pipeline
 from mebert.data.tokenizer import ensure_tokenizer
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Pretraining config file.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Where a trained vocabulary is kept.")
-_SEQ_LENS = flags.DEFINE_list("seq_lens", ["128", "512"], "Row lengths to report.")
-_EXAMPLES = flags.DEFINE_integer("examples", 4096, "Examples read per length and layout.")
-_JSON = flags.DEFINE_bool("json", False, "Print one JSON line per length instead of a table.")
-flags.mark_flags_as_required(["config", "workdir"])
-
-
 def padding_fractions(data_config, tokenizer, seq_len: int, examples: int, seed: int = 0) -> dict:
   """Padding of the first `examples` training examples, one per row and packed."""
   c = copy.deepcopy(data_config)
@@ -80,4 +72,12 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  # Flags are defined only when run as a program: tests import padding_fractions beside other
+  # modules that define --config, and absl refuses a flag defined twice.
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "Pretraining config file.")
+  _WORKDIR = flags.DEFINE_string("workdir", None, "Where a trained vocabulary is kept.")
+  _SEQ_LENS = flags.DEFINE_list("seq_lens", ["128", "512"], "Row lengths to report.")
+  _EXAMPLES = flags.DEFINE_integer("examples", 4096, "Examples read per length and layout.")
+  _JSON = flags.DEFINE_bool("json", False, "Print one JSON line per length instead of a table.")
+  flags.mark_flags_as_required(["config", "workdir"])
   app.run(main)
