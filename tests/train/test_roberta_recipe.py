@@ -29,7 +29,9 @@ def test_tiny_recipe_trains_on_spans_that_cross_documents(tmp_path):
   experiment = trainer.Experiment(c, str(tmp_path))
   tok = experiment.tokenizer
   it = experiment.data_iterator("train")
-  batches = [next(it) for _ in range(4)]
+  # A span crosses a document boundary only at a document's end: at 30 tokens a row, about 1 row
+  # in 100 here (4 of the first 480 at this seed; rows are a pure function of it, so this is fixed).
+  batches = [next(it) for _ in range(60)]
   for b in batches:  # one attention segment per row, [CLS] first, no sentence task
     assert set(np.unique(b["segment_ids"]).tolist()) <= {0, 1} and "cls_positions" not in b
     assert (b["input_ids"][:, 0] == tok.cls_id).all() and (b["next_sentence_labels"] == -1).all()
@@ -37,7 +39,7 @@ def test_tiny_recipe_trains_on_spans_that_cross_documents(tmp_path):
   ids = np.concatenate([b["input_ids"] for b in batches])
   last = np.concatenate([b["segment_ids"] for b in batches]).sum(1) - 1
   inner = [(row[1:end] == tok.sep_id).any() for row, end in zip(ids, last)]
-  assert any(inner)
+  assert 1 <= sum(inner) < len(inner) / 20
   final = trainer.train_and_evaluate(c, str(tmp_path))
   losses = read_losses(tmp_path)
   assert sorted(losses) == [1, 2, 3, 4] and all(np.isfinite(list(losses.values())))
