@@ -12,8 +12,15 @@ lr 5e-4 with 10k warmup, 1M steps, BERT's uncased WordPiece vocabulary.
 The discriminator is model.*; the generator's shape follows it (mebert.model.electra.ElectraConfig:
 hidden = generator_size x 256 = 64, heads = hidden / 64, intermediate = 4 x hidden), and both share
 the token, position and type embeddings. No next-sentence task: data.next_sentence="none".
-Differences from google-research/electra: its masking puts [MASK] at 85% of the chosen positions and
-keeps the rest, mebert's BERT's 80/10/10; the paper's generator-size ablation found 1/4-1/2 best.
+
+Masking follows the released code, google-research/electra pretrain/pretrain_helpers.py `mask()`
+(mask_prob 0.15 from configure_pretraining.py): of the chosen 15% of tokens, 85% become [MASK] in
+the generator's input (`tf.less(tf.random.uniform([B, N]), 0.85)`) and the rest keep their
+token; none is a random token. Hence data.mask_token_prob = 0.85, data.random_token_prob = 0, not
+BERT's 0.8 / 0.1. (The paper's section 2 writes REPLACE(x, m, [MASK]), i.e. all of them; set
+mask_token_prob = 1 for that.) The discriminator sees the generator's sample at every chosen
+position, kept ones included, as in the code. The paper's generator-size ablation found 1/4-1/2
+of the discriminator's width best.
 """
 
 from mebert.train.defaults import model_defaults, pretrain_defaults
@@ -29,6 +36,7 @@ def get_config(arg=None):
   c.electra.rtd_weight = 50.0
   c.data.next_sentence = "none"
   c.data.masked_lm_prob = 0.15
+  c.data.mask_token_prob, c.data.random_token_prob = 0.85, 0.0  # see the docstring
   c.train.eps, c.train.weight_decay = 1e-6, 0.01
   if size == "small":
     c.model = model_defaults(family="electra", vocab_size=30522, hidden_size=256, num_layers=12,

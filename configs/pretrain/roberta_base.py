@@ -10,13 +10,17 @@ steps, 500k steps, byte-level BPE (50,265 tokens).
 What maps how:
   * dynamic masking: mebert makes every example as a pure function of (seed, epoch, index), so each
     epoch draws new masks (the paper's dynamic masking, not BERT's 10 static copies).
-  * "FULL-SENTENCES" rows: with data.next_sentence="none" and short_seq_prob=0 every row is one
-    span of whole sentences filling 512 tokens; the span stays within one document (the paper's
-    DOC-SENTENCES, which it found slightly better but left for batch-size bookkeeping). RoBERTa's
-    FULL-SENTENCES instead runs on across document boundaries in one attention span (with a
-    separator); data.pack (mebert.data.packing) fills a row's leftover room with further examples
-    but keeps each one its own attention segment, so neither is exactly FULL-SENTENCES. A
-    document-crossing packer with one segment per row would be needed for that.
+  * input format: the paper's FULL-SENTENCES (section 4.2, the format of its final models):
+    data.cross_document=True makes each row one span of whole sentences taken contiguously from
+    the concatenated training documents, as many as fit in 512 tokens with [CLS] and a final
+    [SEP]; a span runs on across document boundaries with an extra [SEP] between documents, in one
+    attention segment, with no NSP (data.next_sentence="none") and no short rows
+    (short_seq_prob=0). data.pack is off, since the spans already fill their rows (what is left
+    is less than the next sentence) and a second span in a row would be a second attention
+    segment. Spans are fixed, the masks are drawn again each epoch (mebert/data/spans.py). On a
+    local corpus every training token is in exactly one span per epoch; on a TFDS corpus (read
+    lazily) spans cross documents within groups of consecutive documents, not between groups.
+    With data.cross_document=False the rows would be the paper's DOC-SENTENCES.
   * the model is family "roberta": positions numbered from pad_token_id + 1 (fairseq's
     make_positions), one token type, no pooler or NSP head; it exports as RobertaForMaskedLM.
   * 8k sequences of 512 tokens: grad_accum_steps splits the batch where memory is short; the
@@ -41,6 +45,7 @@ def get_config(arg=None):
   c = pretrain_defaults()
   c.data.next_sentence = "none"
   c.data.short_seq_prob = 0.0
+  c.data.cross_document, c.data.pack = True, False  # FULL-SENTENCES (see the docstring)
   c.data.masked_lm_prob = 0.15
   c.train.b2, c.train.eps, c.train.weight_decay = 0.98, 1e-6, 0.01
   c.train.schedule = "linear"

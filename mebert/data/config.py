@@ -29,9 +29,17 @@ def default_data_config() -> config_dict.ConfigDict:
   c.seq_len = 128
   c.max_predictions_per_seq = 20
   c.masked_lm_prob = 0.15
+  # Of the chosen tokens: the share put to [MASK] and to a random token; the rest stay unchanged.
+  # BERT's 0.8 / 0.1; ELECTRA's released code 0.85 / 0 (configs/pretrain/electra_small.py).
+  c.mask_token_prob = 0.8
+  c.random_token_prob = 0.1
   c.short_seq_prob = 0.1
   c.whole_word_masking = False
   c.next_sentence = "nsp"  # "nsp" (BERT), "sop" (ALBERT sentence order), "none" (one segment)
+  # RoBERTa's FULL-SENTENCES (mebert/data/spans.py): each example a span of whole sentences run on
+  # across documents, a [SEP] between documents, up to seq_len. Needs next_sentence="none" and
+  # short_seq_prob=0. False: examples stay within one document (with "none": DOC-SENTENCES).
+  c.cross_document = False
   # Packing (mebert/data/packing.py): several whole examples per training row, each with its own
   # [CLS], NSP/SOP label, positions and masked positions, attention kept within each example. On
   # by default: every attention backend (xla, dot_product, cudnn, splash) masks by segment ids.

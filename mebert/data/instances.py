@@ -1,5 +1,10 @@
 """One pretraining example as a pure function of (seed, epoch, index): pairs, NSP/SOP, masking.
 
+Two input formats: sentence pairs (or one segment) within one document, from the doc store's
+chunks (below; with next_sentence="none" and no short rows that is RoBERTa's DOC-SENTENCES), and,
+with cross_document, RoBERTa's FULL-SENTENCES: spans that run on across documents with a [SEP]
+between them (mebert.data.spans).
+
 Follows google-research/bert create_pretraining_data.py (create_instances_from_document,
 truncate_seq_pair, create_masked_lm_predictions), made on the fly from a static chunk index
 (docstore.py) instead of dupe_factor offline copies. Deliberate differences, all small:
@@ -11,7 +16,9 @@ truncate_seq_pair, create_masked_lm_predictions), made on the fly from a static 
     IsNext / in-order pair (the original always makes it a random-next example, which skews the
     NSP labels on corpora with long lines);
   * truncation draws the number of front/back removals at once (same distribution as the
-    original's token-by-token coin flips, O(1) instead of O(excess)).
+    original's token-by-token coin flips, O(1) instead of O(excess));
+  * the shares of the chosen tokens that become [MASK] / a random token (the rest stay) are
+    options, BERT's 0.8 / 0.1 by default (ELECTRA's released code: 0.85 / 0).
 """
 
 from __future__ import annotations
@@ -20,6 +27,8 @@ import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
+
+from mebert.data import spans
 
 NEXT_SENTENCE_MODES = ("nsp", "sop", "none")
 
@@ -32,12 +41,27 @@ class ExampleOptions:
   short_seq_prob: float = 0.1
   whole_word_masking: bool = False
   next_sentence: str = "nsp"
+  mask_token_prob: float = 0.8  # of the chosen tokens: [MASK]; random_token_prob: a random token
+  random_token_prob: float = 0.1
+  cross_document: bool = False  # RoBERTa's FULL-SENTENCES spans (mebert.data.spans)
 
   def __post_init__(self):
     if self.next_sentence not in NEXT_SENTENCE_MODES:
       raise ValueError(f"next_sentence must be one of {NEXT_SENTENCE_MODES}, not {self.next_sentence!r}")
     if self.seq_len < 8:
       raise ValueError(f"seq_len must be >= 8, not {self.seq_len}")
+    for key in ("mask_token_prob", "random_token_prob"):
+      if not 0.0 <= getattr(self, key) <= 1.0:
+        raise ValueError(f"data.{key}={getattr(self, key)} is not a probability in [0, 1]")
+    if self.mask_token_prob + self.random_token_prob > 1.0:
+      raise ValueError(f"data.mask_token_prob={self.mask_token_prob} + data.random_token_prob="
+                       f"{self.random_token_prob} exceed 1 (the rest of the chosen tokens stay)")
+    if self.cross_document and self.next_sentence != "none":
+      raise ValueError(f"data.cross_document=True needs data.next_sentence='none', not "
+                       f"{self.next_sentence!r}: a span has no sentence pair")
+    if self.cross_document and self.short_seq_prob:
+      raise ValueError(f"data.short_seq_prob={self.short_seq_prob} must be 0 with "
+                       "data.cross_document=True: its spans are a fixed partition of the text")
 
   @property
   def max_num_tokens(self) -> int:
@@ -69,13 +93,15 @@ def truncate_seq_pair(a: np.ndarray, b: np.ndarray, max_num_tokens: int, rng: np
 
 def mask_tokens(ids: np.ndarray, special: np.ndarray, rng: np.random.Generator, *, masked_lm_prob: float,
                 max_predictions: int, mask_id: int, replacement_ids: np.ndarray,
-                word_start: np.ndarray | None = None):
+                word_start: np.ndarray | None = None, mask_token_prob: float = 0.8,
+                random_token_prob: float = 0.1):
   """Masked-LM corruption of one sequence. Returns (corrupted ids, sorted positions, original ids).
 
   `special` marks positions never to predict ([CLS], [SEP]). With `word_start` (bool per vocab id),
   whole words are chosen: a word is a word-start token and the continuation tokens after it, and a
   word that would overflow the budget is skipped, as in the original. Each chosen token is then
-  [MASK] 80%, a random token 10%, unchanged 10%.
+  [MASK] with mask_token_prob, a random token with random_token_prob, else unchanged (BERT:
+  0.8 / 0.1 / 0.1).
   """
   cand = np.flatnonzero(~special)
   if not len(cand):
@@ -98,8 +124,8 @@ def mask_tokens(ids: np.ndarray, special: np.ndarray, rng: np.random.Generator, 
     chosen = np.sort(np.concatenate(picked)) if picked else np.zeros(0, np.int64)
   out = ids.copy()
   r = rng.random(len(chosen))
-  out[chosen[r < 0.8]] = mask_id
-  rand = chosen[r >= 0.9]
+  out[chosen[r < mask_token_prob]] = mask_id
+  rand = chosen[r >= 1.0 - random_token_prob]  # the top band, so BERT's rates keep their stream
   out[rand] = rng.choice(replacement_ids, size=len(rand))
   return out, chosen, ids[chosen]
 
@@ -120,17 +146,23 @@ def _concat(parts: Sequence[np.ndarray]) -> np.ndarray:
 
 
 class ExampleMaker:
-  """Makes example `index` of `epoch` from a doc store; picklable (grain workers get a copy)."""
+  """Makes example `index` of `epoch` from a doc store; picklable (grain workers get a copy).
 
-  def __init__(self, store, tokenizer, options: ExampleOptions, seed: int):
+  With options.cross_document the examples are `span_index`'s spans (built from the store when
+  not given: mebert.data.spans.build_spans), else the store's chunks."""
+
+  def __init__(self, store, tokenizer, options: ExampleOptions, seed: int, span_index=None):
     self.store, self.options, self.seed = store, options, int(seed)
     self.pad_id, self.cls_id, self.sep_id, self.mask_id = (tokenizer.pad_id, tokenizer.cls_id, tokenizer.sep_id,
                                                            tokenizer.mask_id)
     self.word_start = np.asarray(tokenizer.word_start, bool) if options.whole_word_masking else None
     self.replacement_ids = np.setdiff1d(np.arange(tokenizer.vocab_size, dtype=np.int32), tokenizer.special_ids)
+    self.spans = None
+    if options.cross_document:
+      self.spans = span_index or spans.build_spans(store, self.sep_id, options.max_num_tokens)
 
   def __len__(self) -> int:
-    return self.store.num_examples
+    return (self.spans or self.store).num_examples
 
   def _pair(self, rng: np.random.Generator, d: int, sents: Sequence[np.ndarray], start: int):
     """(tokens_a, tokens_b, label) before truncation; label 1 = random next / swapped, -1 = no
@@ -167,17 +199,22 @@ class ExampleMaker:
     The packer (packing.py) lays several of these into one row; __call__ pads one alone."""
     o = self.options
     rng = np.random.default_rng([self.seed, int(epoch), int(index)])
-    d, sents, start = self.store.locate(int(index), rng)
-    a, b, label = self._pair(rng, d, sents, start)
-    a, b = truncate_seq_pair(a, b, o.max_num_tokens, rng)
+    if self.spans is not None:  # fits by construction; its inner [SEP]s separate documents
+      a, b, label = self.spans.span(int(index), rng), np.zeros(0, np.int32), -1
+    else:
+      d, sents, start = self.store.locate(int(index), rng)
+      a, b, label = self._pair(rng, d, sents, start)
+      a, b = truncate_seq_pair(a, b, o.max_num_tokens, rng)
     pieces = [[self.cls_id], a, [self.sep_id]] + ([b, [self.sep_id]] if o.next_sentence != "none" else [])
     ids = np.concatenate(pieces).astype(np.int32)
     n = len(ids)
-    special = np.zeros(n, bool)
-    special[[0, len(a) + 1, n - 1]] = True
+    # Never predicted: [CLS] and every [SEP] (text never holds one: docstore maps literals to [UNK]).
+    special = (ids == self.cls_id) | (ids == self.sep_id)
     ids_m, pos, labels = mask_tokens(ids, special, rng, masked_lm_prob=o.masked_lm_prob,
                                      max_predictions=o.max_predictions_per_seq, mask_id=self.mask_id,
-                                     replacement_ids=self.replacement_ids, word_start=self.word_start)
+                                     replacement_ids=self.replacement_ids, word_start=self.word_start,
+                                     mask_token_prob=o.mask_token_prob,
+                                     random_token_prob=o.random_token_prob)
     types = np.zeros(n, np.int32)
     types[len(a) + 2:] = 1  # B and its [SEP]; empty range in "none" mode
     return {"input_ids": ids_m, "token_type_ids": types,

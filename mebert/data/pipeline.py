@@ -32,7 +32,7 @@ import logging
 import grain
 import numpy as np
 
-from mebert.data import corpora, docstore, instances, packing
+from mebert.data import corpora, docstore, instances, packing, spans
 from mebert.data.config import default_data_config  # pylint: disable=unused-import  (re-exported)
 
 
@@ -60,7 +60,10 @@ def example_options(data_config) -> instances.ExampleOptions:
       masked_lm_prob=float(data_config.get("masked_lm_prob", 0.15)),
       short_seq_prob=float(data_config.get("short_seq_prob", 0.1)),
       whole_word_masking=bool(data_config.get("whole_word_masking", False)),
-      next_sentence=str(data_config.get("next_sentence", "nsp")))
+      next_sentence=str(data_config.get("next_sentence", "nsp")),
+      mask_token_prob=float(data_config.get("mask_token_prob", 0.8)),
+      random_token_prob=float(data_config.get("random_token_prob", 0.1)),
+      cross_document=bool(data_config.get("cross_document", False)))
 
 
 def make_example_maker(data_config, tokenizer, *, split: str, seed: int) -> instances.ExampleMaker:
@@ -70,8 +73,9 @@ def make_example_maker(data_config, tokenizer, *, split: str, seed: int) -> inst
   if not len(doc_ids):
     raise ValueError(f"corpus {corpus.spec!r}: the {split} split has no documents "
                      "(corpus too small for a held-out split? set eval_corpus)")
-  store = _cached_store(corpus, doc_ids, tokenizer, options.max_num_tokens)
-  maker = instances.ExampleMaker(store, tokenizer, options, seed)
+  store, span_index = _cached_store(corpus, doc_ids, tokenizer, options.max_num_tokens,
+                                    options.cross_document)
+  maker = instances.ExampleMaker(store, tokenizer, options, seed, span_index=span_index)
   logging.info("%s split of %r: %d documents, %d examples per epoch", split, corpus.spec, store.num_docs, len(maker))
   return maker
 
@@ -79,18 +83,23 @@ def make_example_maker(data_config, tokenizer, *, split: str, seed: int) -> inst
 _STORES: collections.OrderedDict = collections.OrderedDict()
 
 
-def _cached_store(corpus, doc_ids: np.ndarray, tokenizer, max_num_tokens: int):
+def _cached_store(corpus, doc_ids: np.ndarray, tokenizer, max_num_tokens: int, cross_document: bool):
+  """(doc store, its FULL-SENTENCES span index or None), built once per split."""
   # Keyed on the corpus and tokenizer objects (identity) and the split's documents, so a trainer
   # that builds its eval iterator again at every evaluation tokenizes each split once.
   key = (id(corpus), id(tokenizer), max_num_tokens, hashlib.blake2b(doc_ids.tobytes(), digest_size=16).digest())
-  if key in _STORES and _STORES[key][:2] == (corpus, tokenizer):
+  if key in _STORES and tuple(_STORES[key][:2]) == (corpus, tokenizer):
     _STORES.move_to_end(key)
-    return _STORES[key][2]
-  store = docstore.build_store(corpus.documents, doc_ids, tokenizer, max_num_tokens, corpus.in_memory)
-  _STORES[key] = (corpus, tokenizer, store)  # holding the objects keeps their ids from being reused
-  while len(_STORES) > 4:
-    _STORES.popitem(last=False)
-  return store
+  else:
+    store = docstore.build_store(corpus.documents, doc_ids, tokenizer, max_num_tokens, corpus.in_memory)
+    # Holding the objects keeps their ids from being reused.
+    _STORES[key] = [corpus, tokenizer, store, None]
+    while len(_STORES) > 4:
+      _STORES.popitem(last=False)
+  entry = _STORES[key]
+  if cross_document and entry[3] is None:
+    entry[3] = spans.build_spans(entry[2], tokenizer.sep_id, max_num_tokens)
+  return entry[2], (entry[3] if cross_document else None)
 
 
 def packs(data_config, split: str) -> bool:
