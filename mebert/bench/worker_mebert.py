@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import time
 
-import numpy as np
 
 from mebert.bench import batches as batches_lib
 from mebert.bench import timing

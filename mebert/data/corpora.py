@@ -217,7 +217,7 @@ class TfdsDocuments(Sequence):
   def _open(self):
     if self._source is None:
       import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-      from mebert.data import tfds_corpus  # pylint: disable=g-import-not-at-top,unused-import  (registers the local builder)
+      from mebert.data import tfds_corpus  # noqa: F401  (registers the local builder)
 
       try:
         src = tfds.data_source(self.name, split=self.split, data_dir=self.data_dir, download=False)

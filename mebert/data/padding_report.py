@@ -16,7 +16,6 @@ import copy
 import json
 import logging
 
-import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 

@@ -33,7 +33,6 @@ import grain
 import numpy as np
 
 from mebert.data import corpora, docstore, instances, packing, spans
-from mebert.data.config import default_data_config  # pylint: disable=unused-import  (re-exported)
 
 
 @dataclasses.dataclass(frozen=True)

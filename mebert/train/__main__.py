@@ -164,7 +164,7 @@ def _parse_flags(argv):
   AttributeError inside ml_collections, a wrong type a flags.Error) as one line, not a traceback."""
   try:
     return flags.FLAGS(argv)
-  except SystemExit as e:  # absl's --help prints the usage, then exits 1: asking is no error
+  except SystemExit:  # absl's --help prints the usage, then exits 1: asking is no error
     if any(a.lstrip("-") in ("help", "helpshort", "helpfull", "h", "?") for a in argv[1:]):
       raise SystemExit(0) from None
     raise

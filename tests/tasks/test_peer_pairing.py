@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mebert.bench import finetune_peer
-from mebert.tasks import batching, finetune, sources
+from mebert.tasks import finetune, sources
 
 
 def _token_config(tiny_config, vocab_file, tmp_path, **overrides):

@@ -1,7 +1,6 @@
 """Surviving bad days: damaged checkpoints, half-written steps, NaN losses, SIGTERM."""
 
 import logging
-import os
 import shutil
 import signal
 import subprocess
@@ -104,7 +103,7 @@ def test_nan_steps_are_skipped_then_the_run_stops(tmp_path, monkeypatch):
 
 
 def test_sigterm_saves_the_current_step_and_exits_cleanly(tmp_path):
-  flags = [f"--config.train.num_steps=400", "--config.checkpoint.every_steps=1000",
+  flags = ["--config.train.num_steps=400", "--config.checkpoint.every_steps=1000",
            "--config.eval.every_steps=1000"]
   from test_trainer import _tiny_flags
 
