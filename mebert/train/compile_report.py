@@ -1,25 +1,33 @@
-"""--mode=compile: will it fit? Lowers and compiles the train step for the configured mesh on the
-current devices (no data, no real parameters) and reports per-device memory and FLOPs per step.
+"""--mode=compile: will it fit, and how fast can it be? Lowers and compiles the train step (and the
+eval step) for the configured mesh, with no data and no real parameters, and reports per-device
+memory, compiled against useful FLOPs, the collectives, and (on a TPU) a roofline bound.
 
   python -m mebert.train --config=configs/pretrain/bert_base.py --workdir=/tmp/fit --mode=compile \
-      --config.mesh.data=1 --config.mesh.fsdp=8
+      --config.compile.target=tpu:v5p-8
 
-On a CPU machine, fake the target's device count first (JAX_NUM_CPU_DEVICES=8 or
-XLA_FLAGS=--xla_force_host_platform_device_count=8): the shardings, per-device bytes and FLOPs are
-those of the target mesh; only the compiler's scheduling (and so temporaries) differs by platform.
+compile.target: a Cloud TPU slice (tpu:v4-8 ... tpu:v5p-128, tpu:v5e-256, tpu:v6e-64: see
+mebert.parallel.tpu_slices) compiled for from any machine with the TPU compiler installed
+(`pip install -r requirements-tpu.txt`, libtpu), no TPU attached: the mesh is built over the
+slice's compile-only devices, so shardings, memory and collectives are the slice's own. Empty: the
+devices of this machine; on a CPU machine fake the target's count first (JAX_NUM_CPU_DEVICES=8):
+shardings and per-device bytes are then the target mesh's, the compiler's scheduling is the CPU's.
 A config with model.vocab_size set needs no tokenizer here (nothing is trained or read).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 
 import jax
 import numpy as np
 
+from mebert.bench import flops as flops_lib
 from mebert.data import pipeline
 from mebert.parallel import mesh as mesh_lib
-from mebert.train import trainer
+from mebert.parallel import tpu_slices
+from mebert.train import hlo_collectives, roofline, steps, trainer
 
 log = logging.getLogger(__name__)
 
@@ -31,16 +39,39 @@ class SizeOnlyTokenizer:
     self.vocab_size = int(vocab_size)
 
 
-def experiment(config, workdir: str) -> trainer.Experiment:
-  """The trainer's Experiment; without training a vocabulary when model.vocab_size is given."""
+def target_slice(config) -> tpu_slices.Slice | None:
+  """The slice named by compile.target, None when empty (compile for this machine's devices)."""
+  target = str(config.get("compile", {}).get("target", "") or "").strip()
+  return tpu_slices.parse_target(target) if target else None
+
+
+def target_devices(config, target: tpu_slices.Slice | None) -> list | None:
+  """The slice's compile-only devices, after checking that the config's mesh divides them."""
+  if target is None:
+    return None
+  try:
+    mesh_lib.mesh_shape(config.mesh, target.num_chips)
+  except ValueError as e:
+    raise ValueError(f"compile.target=tpu:{target.name} has {target.num_chips} chips "
+                     f"({target.chip.cores_per_chip} TensorCore(s) each, one JAX device per chip): "
+                     f"{e}") from None
+  return tpu_slices.compile_only_devices(target)
+
+
+def experiment(config, workdir: str, devices=None) -> trainer.Experiment:
+  """The trainer's Experiment over `devices` (default: compile.target's, else this machine's),
+  without training a vocabulary when model.vocab_size is given."""
+  if devices is None:
+    devices = target_devices(config, target_slice(config))
   vocab_size = int(config.model.get("vocab_size", 0) or 0)
   tokenizer = SizeOnlyTokenizer(vocab_size) if vocab_size > 0 else None
-  return trainer.Experiment(config, workdir, tokenizer=tokenizer)
+  return trainer.Experiment(config, workdir, tokenizer=tokenizer, devices=devices)
 
 
-def _abstract_batch(exp) -> dict:
-  """The train step's batch as the pipeline lays it out (packed rows when data.pack is on)."""
-  layout = pipeline.batch_layout(exp.config.data, "train", exp.batch_size)
+def _abstract_batch(exp, rows: int | None = None, split: str = "train") -> dict:
+  """The step's batch as the pipeline lays it out (packed rows when data.pack is on)."""
+  rows = exp.batch_size if rows is None else rows
+  layout = pipeline.batch_layout(exp.config.data, split, rows)
   return {k: jax.ShapeDtypeStruct(shape, dtype, sharding=exp.batch_sharding)
           for k, (shape, dtype) in layout.items() if k != "example_ids"}
 
@@ -81,42 +112,153 @@ def _device_memory_limit() -> int | None:
   return int(stats["bytes_limit"]) if "bytes_limit" in stats else None
 
 
-def compile_and_report(config, workdir: str, compiler_options: dict | None = None) -> dict:
-  """Compiles the train step (XLA `compiler_options` if given) and returns the report."""
-  exp = experiment(config, workdir)
-  report = {"devices": jax.device_count(), "platform": jax.devices()[0].platform,
-            "mesh": dict(exp.mesh.shape), "global_batch": exp.batch_size,
-            "seq_len": int(config.data.seq_len),
-            "grad_accum_steps": int(config.train.grad_accum_steps)}
-  report.update(state_memory(exp))
-  with exp.sharding_context():
-    compiled = exp.jitted_train_step().lower(exp.abstract_state, _abstract_batch(exp)).compile(
-        compiler_options=compiler_options)
+def _memory(compiled, prefix: str = "") -> dict:
   memory = compiled.memory_analysis()
-  if memory is not None:
-    for key in ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes",
-                "alias_size_in_bytes", "generated_code_size_in_bytes"):
-      report[key] = int(getattr(memory, key, 0) or 0)
-    # Donated state aliases its outputs: live at peak = arguments + outputs - aliased + temporaries.
-    report["peak_bytes_per_device_estimate"] = (
-        report["argument_size_in_bytes"] + report["output_size_in_bytes"]
-        - report["alias_size_in_bytes"] + report["temp_size_in_bytes"])
+  if memory is None:
+    return {}
+  out = {prefix + key: int(getattr(memory, key, 0) or 0)
+         for key in ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes",
+                     "alias_size_in_bytes", "generated_code_size_in_bytes")}
+  # Donated state aliases its outputs: live at peak = arguments + outputs - aliased + temporaries.
+  out[prefix + "peak_bytes_per_device_estimate"] = (
+      out[prefix + "argument_size_in_bytes"] + out[prefix + "output_size_in_bytes"]
+      - out[prefix + "alias_size_in_bytes"] + out[prefix + "temp_size_in_bytes"])
+  return out
+
+
+def _cost(compiled) -> dict:
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) and cost else cost
+  return dict(cost or {})
+
+
+def useful_flops(exp) -> float:
+  """Analytic training FLOPs of one step of full rows (mebert.bench.flops): every position a
+  token attending to its whole row, the MLM head at the predictions a full row of text gets
+  (masked_lm_prob of its tokens, at most the batch's prediction slots), the pooler and NSP head at
+  the batch's [CLS] slots, no recomputation. What a compiled step does beyond it (a dense MLM head,
+  spare prediction slots, rematerialisation) makes compiled/useful exceed 1; packed segments'
+  shorter attention and padding are measured on real batches by mebert.bench instead."""
+  cfg, data = exp.model_config, exp.config.data
+  rows, length = exp.batch_size, int(data.seq_len)
+  layout = pipeline.batch_layout(data, "train", rows)
+  slots = layout["masked_lm_positions"][0][1]
+  per_row = min(slots, max(1, round(float(data.get("masked_lm_prob", 0.15)) * length)))
+  size = {"hidden_size": cfg.hidden_size, "num_layers": cfg.num_layers,
+          "intermediate_size": cfg.intermediate_size}
+  return flops_lib.step_flops(size, cfg.vocab_size, tokens=rows * length,
+                              attention_pairs=rows * length * length, predictions=rows * per_row,
+                              rows=math.prod(layout["next_sentence_labels"][0]),
+                              geglu=cfg.hidden_act == "geglu")
+
+
+def _loop_free_variant(config):
+  """The same step without while loops (unrolled layers, one micro-batch): XLA's cost analysis
+  counts a loop body once, so FLOPs and bytes are read from this variant, memory from the real
+  step. Its work is the same: remat and every product are kept, the batch is the same."""
+  if not (bool(config.model.scan_layers) or int(config.train.grad_accum_steps) > 1):
+    return None
+  variant = config.copy_and_resolve_references()
+  with variant.unlocked():
+    variant.model.scan_layers = False
+    variant.train.grad_accum_steps = 1
+  return variant
+
+
+@contextlib.contextmanager
+def _not_cached(exp):
+  """No persistent-cache writes for compile-only devices: such an executable can be written but
+  not read back ("PjRtCompiler must be constructed with a Client"), so each later compile of the
+  same program would warn and compile again anyway."""
+  if "CompileOnly" not in type(exp.mesh.devices.flat[0].client).__name__:
+    yield
+    return
+  previous = jax.config.jax_persistent_cache_min_compile_time_secs
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", float("inf"))
+  try:
+    yield
+  finally:
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", previous)
+
+
+def compile_train_step(exp, compiler_options: dict | None = None):
+  """The trainer's jitted train step, lowered on abstract state and batch and compiled."""
+  with exp.sharding_context(), _not_cached(exp):
+    return exp.jitted_train_step().lower(exp.abstract_state, _abstract_batch(exp)).compile(
+        compiler_options=compiler_options)
+
+
+def compile_and_report(config, workdir: str, compiler_options: dict | None = None) -> dict:
+  """Compiles the train and eval steps (XLA `compiler_options` if given) and returns the report."""
+  target = target_slice(config)
+  devices = target_devices(config, target)
+  exp = experiment(config, workdir, devices)
+  mesh_devices = list(exp.mesh.devices.flat)
+  chip = target.chip if target else tpu_slices.chip_for_device_kind(mesh_devices[0].device_kind)
+  tokens = exp.batch_size * int(config.data.seq_len)
+  report = {"target": f"tpu:{target.name}" if target else "", "devices": len(mesh_devices),
+            "platform": exp.platform, "device_kind": mesh_devices[0].device_kind,
+            "hosts": exp.process_count, "mesh": dict(exp.mesh.shape),
+            "global_batch": exp.batch_size, "seq_len": int(config.data.seq_len),
+            "grad_accum_steps": int(config.train.grad_accum_steps),
+            "dtype": exp.model_config.dtype, "param_dtype": exp.model_config.param_dtype,
+            "remat_policy": exp.model_config.remat_policy,
+            "scan_layers": bool(exp.model_config.scan_layers)}
+  report.update(state_memory(exp))
+  compiled = compile_train_step(exp, compiler_options)
+  report.update(_memory(compiled))
+  hlo = compiled.as_text()
+  report["attention_kernel"] = "splash (Mosaic)" if "tpu_custom_call" in hlo else "XLA"
+  found, unknown_loops = hlo_collectives.collectives(hlo, len(mesh_devices))
+  report["collectives"] = hlo_collectives.summarize(found)
+  if unknown_loops:
+    report["collectives_loops_counted_once"] = unknown_loops
+
+  cost, report["flops_source"] = _cost(compiled), "train step"
+  variant = _loop_free_variant(config)
+  if variant is not None:
+    cost = _cost(compile_train_step(experiment(variant, workdir, devices), compiler_options))
+    report["flops_source"] = "the step without loops (scan_layers=False, grad_accum_steps=1)"
   if cost:
     flops = float(cost.get("flops", 0.0))  # the SPMD program: one device's share
     report["flops_per_step_per_device"] = flops
-    report["flops_per_step"] = flops * jax.device_count()
-    tokens = exp.batch_size * int(config.data.seq_len)
+    report["flops_per_step"] = flops * len(mesh_devices)
     report["flops_per_token"] = report["flops_per_step"] / tokens
-  limit = _device_memory_limit()
+    report["bytes_accessed_per_step_per_device"] = float(cost.get("bytes accessed", 0.0))
+  report["useful_flops_per_step"] = useful_flops(exp)
+  if "flops_per_step" in report:
+    report["compiled_over_useful_flops"] = report["flops_per_step"] / report["useful_flops_per_step"]
+
+  report.update(_eval_memory(exp, compiler_options))
+  limit = chip.hbm_bytes if chip else _device_memory_limit()
   if limit is not None:
-    report["device_memory_bytes"] = limit
+    report["device_memory_bytes"] = int(limit)
     if "peak_bytes_per_device_estimate" in report:
       report["fits"] = report["peak_bytes_per_device_estimate"] <= limit
+  if chip is not None and "flops_per_step" in report:
+    ici = sum(v["traffic_bytes_per_step"] for v in report["collectives"].values())
+    report["chip"] = chip.generation
+    report["roofline"] = roofline.bound(
+        chip, flops_per_chip=report["flops_per_step_per_device"],
+        hbm_bytes_per_chip=report["bytes_accessed_per_step_per_device"], ici_bytes_per_chip=ici,
+        useful_flops_per_step=report["useful_flops_per_step"], tokens_per_step=tokens,
+        num_chips=len(mesh_devices), num_steps=int(config.train.num_steps))
   for line in format_report(report).splitlines():
     log.info("%s", line)
   return report
+
+
+def _eval_memory(exp, compiler_options) -> dict:
+  """The eval step's peak, compiled like the trainer's (parameters only, the eval batch size)."""
+  batch = _abstract_batch(exp, exp.eval_batch_size, "eval")
+  with exp.sharding_context(), _not_cached(exp):
+    step = jax.jit(functools.partial(steps.eval_step, model=exp.eval_model),
+                   in_shardings=(exp.state_shardings.params, exp.batch_sharding))
+    compiled = step.lower(exp.abstract_state.params, batch).compile(
+        compiler_options=compiler_options)
+  memory = _memory(compiled, "eval_")
+  return {"eval_peak_bytes_per_device_estimate": memory["eval_peak_bytes_per_device_estimate"]
+          } if memory else {}
 
 
 def _gib(n) -> str:
@@ -128,8 +270,10 @@ def _gib(n) -> str:
 
 def format_report(report: dict) -> str:
   """The human-readable summary (the JSON line on stdout carries every number)."""
-  lines = [f"mesh {report['mesh']} on {report['devices']} {report.get('platform', '')} devices, "
-           f"global batch {report['global_batch']} x {report['seq_len']} tokens",
+  where = report.get("target") or f"{report['devices']} {report.get('platform', '')} devices"
+  lines = [f"{where}: mesh {report['mesh']} ({report['devices']} x {report.get('device_kind', '')},"
+           f" {report.get('hosts', 1)} host(s)), global batch {report['global_batch']} x "
+           f"{report['seq_len']} tokens, {report.get('dtype', '')} compute",
            f"  parameters      {report['param_count']:,}"]
   rows = [("params", "param_bytes"), ("optimizer state", "opt_state_bytes"),
           ("params + opt", "state_bytes")]
@@ -139,16 +283,35 @@ def format_report(report: dict) -> str:
   lines.append(f"  state sharded   {report['state_sharding_factor']:.2f}x")
   for label, key in (("arguments", "argument_size_in_bytes"), ("outputs", "output_size_in_bytes"),
                      ("aliased", "alias_size_in_bytes"), ("temporaries", "temp_size_in_bytes"),
-                     ("peak (est.)", "peak_bytes_per_device_estimate")):
+                     ("peak (est.)", "peak_bytes_per_device_estimate"),
+                     ("eval peak", "eval_peak_bytes_per_device_estimate")):
     if key in report:
       lines.append(f"  {label:15s} {_gib(report[key])} per device")
   if "device_memory_bytes" in report:
+    peak = report.get("peak_bytes_per_device_estimate", 0)
     lines.append(f"  device memory   {_gib(report['device_memory_bytes'])}: "
-                 f"{'fits' if report.get('fits') else 'DOES NOT FIT'}")
+                 f"{'fits' if report.get('fits') else 'DOES NOT FIT'} "
+                 f"({100 * peak / report['device_memory_bytes']:.0f}% at peak)")
   if "flops_per_step" in report:
-    lines.append(f"  FLOPs per step  {report['flops_per_step']:.3e} "
+    lines.append(f"  FLOPs per step  {report['flops_per_step']:.3e} compiled "
                  f"({report['flops_per_step_per_device']:.3e} per device, "
                  f"{report['flops_per_token']:.3e} per token)")
+    lines.append(f"  useful FLOPs    {report['useful_flops_per_step']:.3e}: compiled/useful "
+                 f"{report['compiled_over_useful_flops']:.3f}")
+  if "attention_kernel" in report:
+    lines.append(f"  attention       {report['attention_kernel']}")
+  for kind, c in report.get("collectives", {}).items():
+    if c["ops"]:
+      lines.append(f"  {kind:15s} {c['ops']:5d} per step, {_gib(c['bytes_per_step'])} per device")
+  r = report.get("roofline")
+  if r:
+    lines.append(f"  roofline ({report['chip']}): compute {r['compute_s'] * 1e3:.2f} ms, HBM "
+                 f"{r['hbm_s'] * 1e3:.2f} ms, ICI {r['ici_s'] * 1e3:.2f} ms per step -> "
+                 f">= {r['step_time_lower_bound_s'] * 1e3:.2f} ms ({r['bound_by']}-bound)")
+    if "tokens_per_s_per_chip_upper_bound" in r:
+      lines.append(f"  at that bound   <= {r['tokens_per_s_per_chip_upper_bound']:,.0f} tokens/s "
+                   f"per chip, useful MFU <= {100 * r['useful_mfu_upper_bound']:.1f}%, "
+                   f">= {r['days_lower_bound']:.2f} days for the recipe's steps")
   return "\n".join(lines)
 
 
