@@ -27,6 +27,7 @@ from jax.ad_checkpoint import checkpoint_name
 from mebert.model.config import ModelConfig
 from mebert.model import local_attention as local_lib
 from mebert.model.dense import Dense
+from mebert.model import splash
 from mebert.model.dropout import Dropout, dropout
 from mebert.model.splash import splash_attention, traced_platform
 
@@ -58,7 +59,7 @@ def _resolve_backend(cfg: ModelConfig, has_bias: bool, dropout_active: bool) -> 
   backend = cfg.attention_backend
   if backend != "auto":
     return backend
-  platform = traced_platform()  # the mesh's devices: a program compiled here for a TPU slice is TPU's
+  platform = traced_platform()  # the mesh's: a program compiled here for a TPU slice is TPU's
   if platform == "gpu" and cfg.dtype in ("bfloat16", "float16") and not has_bias and not dropout_active:
     return "cudnn"
   if platform == "tpu" and not has_bias and not dropout_active:
@@ -137,6 +138,9 @@ class SelfAttention(nn.Module):
                        "attention dropout; use 'xla' or set attention_dropout_rate=0")
     if backend == "splash" and query_positions is not None:
       backend = "xla"  # splash wants as many queries as keys
+    if (backend == "splash" and cfg.attention_backend == "auto"
+        and not splash.fits_blocks(k.shape[1])):
+      backend = "xla"  # "auto" does not pick a kernel the length cannot tile
     mask = segment_mask(segment_ids, query_segment_ids)
     if local is False:
       out = self._global(backend, q, k, v, mask, bias, segment_ids, dropout_active, keep_probs)

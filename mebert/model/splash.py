@@ -31,6 +31,11 @@ def traced_platform() -> str:
   return jax.devices()[0].platform
 
 
+def fits_blocks(length: int) -> bool:
+  """Whether the kernel can tile a sequence of this length: its blocks are multiples of 128."""
+  return length % 128 == 0
+
+
 def _block_sizes(sa, length: int):
   block = min(512, length)
   return sa.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block, block_q_dkv=block,
@@ -68,6 +73,9 @@ def splash_attention(q, k, v, segment_ids, window: tuple[int, int] | None = None
   """
   if window is not None and (len(window) != 2 or min(window) < 0):
     raise ValueError(f"splash attention window={window!r}: expected (left, right) >= 0")
+  if not fits_blocks(q.shape[1]):
+    raise ValueError(f"splash attention needs a sequence length that is a multiple of 128, not "
+                     f"{q.shape[1]}; use attention_backend='xla' or 'auto'")
   interpret = traced_platform() != "tpu"
   local = functools.partial(_local_attention, window=window, interpret=interpret)
   mesh = jax.sharding.get_abstract_mesh()

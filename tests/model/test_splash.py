@@ -67,6 +67,8 @@ def test_splash_without_a_mesh_and_bad_windows():
   np.testing.assert_allclose(out, _reference(q[:1], k[:1], v[:1], seg[:1]), atol=1e-5)
   with pytest.raises(ValueError, match="window"):
     splash.splash_attention(q, k, v, seg, window=(4,))
+  with pytest.raises(ValueError, match="multiple of 128, not 96"):
+    splash.splash_attention(q[:, :96], k[:, :96], v[:, :96], seg[:, :96])
 
 
 def test_auto_backend_follows_the_mesh_not_the_default_devices():
