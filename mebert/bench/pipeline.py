@@ -67,7 +67,8 @@ def builtin_as_tfds(workdir: pathlib.Path) -> tuple[str, str]:
   return spec, str(data_dir)
 
 
-def measure(config, tokenizer, *, batch_size: int, warmup: int, batches: int, seed: int = 0) -> dict:
+def measure(config, tokenizer, *, batch_size: int, warmup: int, batches: int,
+            seed: int = 0) -> dict:
   """examples/s of the train stream, after `warmup` batches (worker start-up, first reads)."""
   from mebert.data import pipeline
 

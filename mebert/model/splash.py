@@ -3,8 +3,8 @@
 The kernel is a Mosaic custom call, which XLA cannot partition: under a mesh it must run inside
 `jax.shard_map`, each device on its own rows (the batch axes) and heads (the tensor axis), as TPU
 trainers in the field do. Keys and values are never split along the sequence, so no device needs
-another's q, k or v. On any platform but TPU the kernel runs in Pallas' interpret mode (slow, exact):
-which one is decided by the devices of the mesh the program is traced for, not by this process's
+another's q, k or v. On any platform but TPU the kernel runs in Pallas' interpret mode (slow,
+exact): which one is decided by the devices of the mesh the program is traced for, not by this process's
 default devices, so a program compiled here for a TPU slice gets the real kernel.
 """
 

@@ -2,8 +2,8 @@
 
 `--config.compile.target=tpu:v5p-8` compiles for a slice that is not attached: libtpu (the TPU
 compiler, `pip install -r requirements-tpu.txt`) describes the slice's topology and hands out
-compile-only devices (`jax.experimental.topologies.get_topology_desc`), over which the trainer builds
-its mesh as it would on the slice itself.
+compile-only devices (`jax.experimental.topologies.get_topology_desc`), over which the trainer
+builds its mesh as it would on the slice itself.
 
 Slice names follow Cloud TPU's accelerator types, whose number counts different things by
 generation (cloud.google.com/tpu/docs/v4, /v5p: "--accelerator-type ... v5p-32 specifies a v5p TPU
@@ -67,7 +67,7 @@ CHIPS = {
                 notes="8-chip single-host VMs (v5e-8) have 224 vCPUs"),
     "v6e": Chip("v6e", "TPU v6 lite", "v6e", "chips", 1, hbm_bytes=32e9, bf16_flops_per_s=918e12,
                 hbm_bytes_per_s=1638e9, ici_bytes_per_s=800e9, chips_per_host=4, host_vcpus=None,
-                notes="multi-host slices use 4-chip VMs (ct6e-standard-4t); v6e-8 is one 8-chip VM"),
+                notes="multi-host slices use 4-chip VMs (ct6e-standard-4t); v6e-8: one 8-chip VM"),
 }
 ALIASES = {"v5litepod": "v5e", "v5lite": "v5e"}
 
@@ -176,7 +176,7 @@ def compile_only_devices(target: Slice) -> list:
         f"compiling for tpu:{target.name} needs the TPU compiler, which comes with the libtpu "
         f"wheel: {REQUIREMENT}")
   # Off a TPU VM, libtpu asks the GCE metadata server about "this" host and prints warnings when
-  # it finds none; the topology below is given in full, so tell it up front (a TPU VM has these set).
+  # it finds none; the topology below is given in full, so say so up front (TPU VMs set these).
   for key, value in (("TPU_SKIP_MDS_QUERY", "1"), ("TPU_WORKER_ID", "0"),
                      ("ALLOW_MULTIPLE_LIBTPU_LOAD", "1"),
                      ("TPU_WORKER_HOSTNAMES", "localhost"),

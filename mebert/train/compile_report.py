@@ -213,7 +213,8 @@ def report(exp, compiled, compiler_options: dict | None = None, *, eval_step: bo
          "hosts": exp.process_count, "mesh": dict(exp.mesh.shape),
          "global_batch": exp.batch_size, "seq_len": int(config.data.seq_len),
          "grad_accum_steps": int(config.train.grad_accum_steps),
-         "dtype": exp.model_config.dtype, "param_dtype": exp.model_config.param_dtype,
+         "num_steps": int(config.train.num_steps), "dtype": exp.model_config.dtype,
+         "param_dtype": exp.model_config.param_dtype,
          "remat_policy": exp.model_config.remat_policy,
          "scan_layers": bool(exp.model_config.scan_layers)}
   out.update(state_memory(exp))
@@ -351,7 +352,9 @@ def format_report(report: dict) -> str:
     if "tokens_per_s_per_chip_upper_bound" in r:
       lines.append(f"  at that bound   <= {r['tokens_per_s_per_chip_upper_bound']:,.0f} tokens/s "
                    f"per chip, useful MFU <= {100 * r['useful_mfu_upper_bound']:.1f}%, "
-                   f">= {r['days_lower_bound']:.2f} days for the recipe's steps")
+                   f">= {r['days_lower_bound']:.2f} days for train.num_steps="
+                   f"{report['num_steps']:,} "
+                   "(a continued run trains fewer)")
   return "\n".join(lines)
 
 

@@ -1,4 +1,4 @@
-"""The collectives of a compiled (optimized, SPMD-partitioned) HLO module, with their bytes per step.
+"""The collectives of a compiled (optimized, SPMD-partitioned) HLO module and their bytes per step.
 
 Read from `compiled.as_text()`: every all-gather, reduce-scatter, all-reduce, all-to-all and
 collective-permute (sync or async "-start"), the size of its full buffer (the gathered result, the
@@ -129,7 +129,8 @@ def _runs(computations: dict[str, list[str]]) -> tuple[dict[str, int], list[str]
 
 
 def collectives(hlo_text: str, num_devices: int) -> tuple[list[Collective], list[str]]:
-  """(every collective op of the module, loops whose trip count could not be read (counted once))."""
+  """(every collective op of the module, the loops whose trip count was unreadable: counted
+  once)."""
   computations = _split_computations(hlo_text)
   runs, unknown = _runs(computations)
   found = []

@@ -1,5 +1,5 @@
-"""mebert.bench.pipeline at a tiny scale: it reads the trainer's stream and counts examples per core;
-the figures themselves mean nothing here (a loaded 2-core machine)."""
+"""mebert.bench.pipeline at a tiny scale: it reads the trainer's stream and counts examples per
+core; the figures themselves mean nothing here (a loaded 2-core machine)."""
 
 import json
 

@@ -1,5 +1,6 @@
 """Splash attention under a mesh (shard_map over batch and heads) equals XLA attention: packed
-segments, padding, the local window, and the gradients, on the 8 fake CPU devices (interpret mode)."""
+segments, padding, the local window and the gradients, on the 8 fake CPU devices (interpret
+mode)."""
 
 import jax
 import jax.numpy as jnp
