@@ -157,7 +157,7 @@ class MissingTpuCompiler(RuntimeError):
   """libtpu (the TPU compiler) is not installed."""
 
 
-def _libtpu_installed() -> bool:
+def libtpu_installed() -> bool:
   path = os.environ.get("TPU_LIBRARY_PATH")
   if path and os.path.isfile(path):
     return True
@@ -171,7 +171,7 @@ def _libtpu_installed() -> bool:
 def compile_only_devices(target: Slice) -> list:
   """The slice's devices as libtpu describes them: enough to lower, shard and compile for, not to
   run on. Raises MissingTpuCompiler (saying what to install) without libtpu."""
-  if not _libtpu_installed():
+  if not libtpu_installed():
     raise MissingTpuCompiler(
         f"compiling for tpu:{target.name} needs the TPU compiler, which comes with the libtpu "
         f"wheel: {REQUIREMENT}")

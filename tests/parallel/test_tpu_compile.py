@@ -4,7 +4,6 @@ The compiling tests run whenever libtpu (the TPU compiler, requirements-tpu.txt)
 are skipped, with that reason, otherwise. BERT-base and BERT-large compiles are slow tests.
 """
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -17,7 +16,7 @@ from mebert.parallel import tpu_slices
 from mebert.train import compile_report, hlo_collectives
 
 needs_libtpu = pytest.mark.skipif(
-    importlib.util.find_spec("libtpu") is None and not os.environ.get("TPU_LIBRARY_PATH"),
+    not tpu_slices.libtpu_installed(),
     reason="libtpu (the TPU compiler) is not installed: pip install -r requirements-tpu.txt")
 
 
