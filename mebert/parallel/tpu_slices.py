@@ -17,6 +17,7 @@ device per chip on every generation, and "per device" in the compile report mean
 from __future__ import annotations
 
 import dataclasses
+import glob
 import math
 import os
 import re
@@ -168,6 +169,11 @@ def libtpu_installed() -> bool:
   return True
 
 
+def _tpu_attached() -> bool:
+  """Whether this machine has TPU chips (a TPU VM): their device files, as jax looks for them."""
+  return bool(glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"))
+
+
 def compile_only_devices(target: Slice) -> list:
   """The slice's devices as libtpu describes them: enough to lower, shard and compile for, not to
   run on. Raises MissingTpuCompiler (saying what to install) without libtpu."""
@@ -175,13 +181,14 @@ def compile_only_devices(target: Slice) -> list:
     raise MissingTpuCompiler(
         f"compiling for tpu:{target.name} needs the TPU compiler, which comes with the libtpu "
         f"wheel: {REQUIREMENT}")
-  # Off a TPU VM, libtpu asks the GCE metadata server about "this" host and prints warnings when
-  # it finds none; the topology below is given in full, so say so up front (TPU VMs set these).
-  for key, value in (("TPU_SKIP_MDS_QUERY", "1"), ("TPU_WORKER_ID", "0"),
-                     ("ALLOW_MULTIPLE_LIBTPU_LOAD", "1"),
-                     ("TPU_WORKER_HOSTNAMES", "localhost"),
-                     ("TPU_ACCELERATOR_TYPE", target.name.replace("v5e-", "v5litepod-"))):
-    os.environ.setdefault(key, value)
+  if not _tpu_attached():
+    # Off a TPU VM, libtpu asks the GCE metadata server about "this" host and prints warnings when
+    # it finds none; the topology below is given in full, so say so up front. Compile-only use
+    # touches no chip, so other processes may hold libtpu too (its lockfile would refuse them).
+    for key, value in (("TPU_SKIP_MDS_QUERY", "1"), ("TPU_WORKER_ID", "0"),
+                       ("TPU_WORKER_HOSTNAMES", "localhost"), ("ALLOW_MULTIPLE_LIBTPU_LOAD", "1"),
+                       ("TPU_ACCELERATOR_TYPE", target.name.replace("v5e-", "v5litepod-"))):
+      os.environ.setdefault(key, value)
   from jax.experimental import topologies
 
   megacore = target.chip.cores_per_chip > 1  # one device per chip, as JAX runs v4 and v5p
