@@ -25,7 +25,8 @@ _ITEMSIZE = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 
              "f8e4m3fn": 1, "f8e5m2": 1, "s4": 0.5, "u4": 0.5}
 _ARRAY = re.compile(r"\b(" + "|".join(_ITEMSIZE) + r")\[([\d,]*)\]")
 _HEADER = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s*\(.*\{\s*$")
-_OP = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*?)\s+([\w\-]+)\((.*)$")
+# One instruction: (name, result type, opcode, operands and attributes).
+OP = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*?)\s+([\w\-]+)\((.*)$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +50,8 @@ class Collective:
     return factor * self.bytes
 
 
-def _arrays(type_text: str) -> list[tuple[str, tuple[int, ...], float]]:
+def array_sizes(type_text: str) -> list[tuple[str, tuple[int, ...], float]]:
+  """(dtype, shape, bytes) of each array an HLO type names."""
   out = []
   for dtype, dims in _ARRAY.findall(type_text):
     shape = tuple(int(d) for d in dims.split(",") if d)
@@ -75,7 +77,8 @@ def _group_size(attrs: str, num_devices: int) -> int:
   return 2 if match else num_devices  # replica_groups={} means every device
 
 
-def _split_computations(hlo_text: str) -> dict[str, list[str]]:
+def split_computations(hlo_text: str) -> dict[str, list[str]]:
+  """{computation name: its instruction lines}, and "__entry__": [the entry computation's name]."""
   computations, current, entry = {}, None, None
   for line in hlo_text.splitlines():
     header = _HEADER.match(line)
@@ -84,15 +87,18 @@ def _split_computations(hlo_text: str) -> dict[str, list[str]]:
       computations[current] = []
       if line.startswith("ENTRY"):
         entry = current
-    elif line.startswith("}"):
+    elif line.rstrip() == "}":
       current = None
     elif current is not None:
-      computations[current].append(line)
+      if line.startswith(" ") or not computations[current]:
+        computations[current].append(line)
+      else:  # a Mosaic kernel's backend_config spans lines: continue its instruction
+        computations[current][-1] += line
   computations["__entry__"] = [entry] if entry else []
   return computations
 
 
-def _trip_count(condition: list[str]) -> int | None:
+def trip_count(condition: list[str]) -> int | None:
   """N of a loop condition `i < N` with N a constant (how jax lowers scan / fori_loop)."""
   if not any("direction=LT" in line for line in condition):
     return None
@@ -101,7 +107,7 @@ def _trip_count(condition: list[str]) -> int | None:
   return constants[0] if len(constants) == 1 else None
 
 
-def _runs(computations: dict[str, list[str]]) -> tuple[dict[str, int], list[str]]:
+def runs_per_step(computations: dict[str, list[str]]) -> tuple[dict[str, int], list[str]]:
   """How many times a step runs each computation, and the loops whose trip count was unreadable."""
   runs: dict[str, int] = {}
   unknown: list[str] = []
@@ -115,7 +121,7 @@ def _runs(computations: dict[str, list[str]]) -> tuple[dict[str, int], list[str]
     for line in computations[name]:
       loop = re.search(r"\bwhile\(.*condition=%?([\w.\-]+),\s*body=%?([\w.\-]+)", line)
       if loop:
-        trips = _trip_count(computations.get(loop.group(1), []))
+        trips = trip_count(computations.get(loop.group(1), []))
         if trips is None:
           unknown.append(loop.group(2))
         stack.append((loop.group(2), times * (trips or 1)))
@@ -131,21 +137,21 @@ def _runs(computations: dict[str, list[str]]) -> tuple[dict[str, int], list[str]
 def collectives(hlo_text: str, num_devices: int) -> tuple[list[Collective], list[str]]:
   """(every collective op of the module, the loops whose trip count was unreadable: counted
   once)."""
-  computations = _split_computations(hlo_text)
-  runs, unknown = _runs(computations)
+  computations = split_computations(hlo_text)
+  runs, unknown = runs_per_step(computations)
   found = []
   for comp, lines in computations.items():
     if comp == "__entry__":
       continue
     for line in lines:
-      op = _OP.match(line)
+      op = OP.match(line)
       if not op:
         continue
       name, type_text, opcode, rest = op.groups()
       kind = opcode[:-len("-start")] if opcode.endswith("-start") else opcode
       if kind not in KINDS:
         continue
-      arrays = _arrays(type_text)
+      arrays = array_sizes(type_text)
       if not arrays:
         continue
       if opcode.endswith("-start") and len(arrays) > 1 and kind != "all-reduce":
