@@ -24,12 +24,13 @@ import re
 
 import jax
 import numpy as np
+import optax
 
 from mebert.bench import flops as flops_lib
 from mebert.data import pipeline
 from mebert.parallel import mesh as mesh_lib
 from mebert.parallel import tpu_slices
-from mebert.train import hlo_collectives, roofline, steps, trainer
+from mebert.train import hlo_collectives, hlo_traffic, roofline, steps, trainer
 
 log = logging.getLogger(__name__)
 
@@ -232,13 +233,23 @@ def report(exp, compiled, compiler_options: dict | None = None, *, eval_step: bo
     out["collectives_loops_counted_once"] = unknown_loops
 
   cost, out["flops_source"] = _cost(compiled), "train step"
+  traffic = hlo_traffic.hbm_traffic(hlo)
   variant = _loop_free_variant(config)
   if variant is not None:
     flat, runs = variant
-    cost = _cost(compile_train_step(experiment(flat, exp.workdir, mesh_devices), compiler_options))
-    cost = {k: float(v) * runs for k, v in cost.items() if k in ("flops", "bytes accessed")}
+    flat_compiled = compile_train_step(experiment(flat, exp.workdir, mesh_devices),
+                                       compiler_options)
+    cost = {k: float(v) * runs for k, v in _cost(flat_compiled).items()
+            if k in ("flops", "bytes accessed")}
+    traffic = hlo_traffic.hbm_traffic(flat_compiled.as_text()) * runs
+    if runs > 1:
+      # The micro-batch step updates the state every time, the real step once; instead it adds
+      # each micro-batch's gradients (as large as the parameters) into a running sum.
+      traffic += (2 * runs * out["param_bytes_per_device"]
+                  - (runs - 1) * _update_traffic(exp, compiler_options))
     out["flops_source"] = ("the step without loops (scan_layers=False" +
                            (f", one micro-batch's step x {runs})" if runs > 1 else ")"))
+  out["hbm_bytes_per_step_per_device"] = traffic
   if cost:
     flops = float(cost.get("flops", 0.0))  # the SPMD program: one device's share
     if splash:  # XLA's cost analysis does not see inside a Mosaic kernel
@@ -247,7 +258,7 @@ def report(exp, compiled, compiler_options: dict | None = None, *, eval_step: bo
     out["flops_per_step_per_device"] = flops
     out["flops_per_step"] = flops * len(mesh_devices)
     out["flops_per_token"] = out["flops_per_step"] / tokens
-    out["bytes_accessed_per_step_per_device"] = float(cost.get("bytes accessed", 0.0))
+    out["xla_bytes_accessed_per_step_per_device"] = float(cost.get("bytes accessed", 0.0))
   out["useful_flops_per_step"] = useful_flops(exp)
   if "flops_per_step" in out:
     out["compiled_over_useful_flops"] = out["flops_per_step"] / out["useful_flops_per_step"]
@@ -264,7 +275,7 @@ def report(exp, compiled, compiler_options: dict | None = None, *, eval_step: bo
     out["chip"] = chip.generation
     out["roofline"] = roofline.bound(
         chip, flops_per_chip=out["flops_per_step_per_device"],
-        hbm_bytes_per_chip=out["bytes_accessed_per_step_per_device"], ici_bytes_per_chip=ici,
+        hbm_bytes_per_chip=out["hbm_bytes_per_step_per_device"], ici_bytes_per_chip=ici,
         useful_flops_per_step=out["useful_flops_per_step"], tokens_per_step=tokens,
         num_chips=len(mesh_devices), num_steps=int(config.train.num_steps))
   for line in format_report(out).splitlines():
@@ -284,6 +295,22 @@ def splash_flops(exp) -> float:
   7 more products of L x L x head_dim, at full blocks (a local window skips some)."""
   cfg, rows, length = exp.model_config, exp.batch_size, int(exp.config.data.seq_len)
   return float(9 * 2 * length * length * cfg.hidden_size * rows * cfg.num_layers)
+
+
+def _update_traffic(exp, compiler_options) -> float:
+  """HBM bytes of the optimizer update alone (gradients in, state updated in place)."""
+
+  def update(state, grads):
+    updates, opt_state = exp.tx.update(grads, state.opt_state, state.params)
+    return optax.apply_updates(state.params, updates), opt_state
+
+  shardings = exp.state_shardings
+  with exp.sharding_context(), _not_cached(exp):
+    step = jax.jit(update, in_shardings=(shardings, shardings.params),
+                   out_shardings=(shardings.params, shardings.opt_state), donate_argnums=0)
+    compiled = step.lower(exp.abstract_state, exp.abstract_state.params).compile(
+        compiler_options=compiler_options)
+  return hlo_traffic.hbm_traffic(compiled.as_text())
 
 
 def _eval_memory(exp, compiler_options) -> dict:
@@ -341,6 +368,10 @@ def format_report(report: dict) -> str:
   if report.get("uncosted_kernels"):
     lines.append(f"  not in FLOPs    {', '.join(report['uncosted_kernels'])} (kernels XLA's cost "
                  "analysis does not look into)")
+  if "hbm_bytes_per_step_per_device" in report:
+    lines.append(f"  HBM traffic     {_gib(report['hbm_bytes_per_step_per_device'])} per device "
+                 f"(XLA's bytes accessed: "
+                 f"{_gib(report.get('xla_bytes_accessed_per_step_per_device', 0)).strip()})")
   for kind, c in report.get("collectives", {}).items():
     if c["ops"]:
       lines.append(f"  {kind:15s} {c['ops']:5d} per step, {_gib(c['bytes_per_step'])} per device")

@@ -1,9 +1,11 @@
 """A roofline lower bound on a compiled train step's time on a TPU chip, and what it implies.
 
-The step cannot be faster than any of: its FLOPs at the chip's bf16 peak, its HBM traffic (XLA's
-"bytes accessed") at the HBM bandwidth, or its collectives' traffic at the ICI bandwidth; with
-perfect overlap it takes the largest of the three. So tokens/s per chip and MFU computed from that
-time are upper bounds: what the recipe cannot beat on that slice, not what it will reach.
+The step cannot be faster than any of: its FLOPs at the chip's bf16 peak, its HBM traffic at the
+HBM bandwidth, or its collectives' traffic at the ICI bandwidth; with perfect overlap it takes the
+largest of the three. So tokens/s per chip and MFU computed from that time are upper bounds: what
+the recipe cannot beat on that slice, not what it will reach. (The compute and ICI terms are
+strict; the HBM traffic is mebert.train.hlo_traffic's estimate, which assumes no reuse of on-chip
+memory between instructions, so the HBM term can overstate.)
 MFU here is useful MFU: the analytic useful FLOPs (mebert.bench.flops), not the compiled ones, over
 the chip's peak, so recomputation and dense heads lower it.
 """

@@ -105,6 +105,9 @@ def test_tiny_model_compiles_for_a_v5p_slice_with_splash_under_shard_map(tmp_pat
   assert 0 < report["peak_bytes_per_device_estimate"] < 2**30
   assert 0.5 < report["compiled_over_useful_flops"] < 1.5
   assert report["splash_flops_per_step_estimate"] > 0  # added: XLA does not count Mosaic kernels
+  # On-chip copies and in-place updates are not HBM traffic (mebert.train.hlo_traffic).
+  assert 0 < report["hbm_bytes_per_step_per_device"] < report[
+      "xla_bytes_accessed_per_step_per_device"]
   roof = report["roofline"]
   assert roof["step_time_lower_bound_s"] == max(roof["compute_s"], roof["hbm_s"], roof["ici_s"])
   assert 0 < roof["useful_mfu_upper_bound"] <= 1
