@@ -26,8 +26,8 @@ from jax.ad_checkpoint import checkpoint_name
 
 from mebert.model.config import ModelConfig
 from mebert.model import local_attention as local_lib
-from mebert.model.dense import Dense
 from mebert.model import splash
+from mebert.model.dense import Dense
 from mebert.model.dropout import Dropout, dropout
 from mebert.model.splash import splash_attention, traced_platform
 

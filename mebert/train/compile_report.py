@@ -53,7 +53,7 @@ def target_devices(config, target: tpu_slices.Slice | None) -> list | None:
   if target is None:
     return None
   try:
-    mesh_lib.mesh_shape(config.mesh, target.num_chips)
+    mesh_lib.mesh_shape(config.mesh, target.num_chips, "tpu")
   except ValueError as e:
     raise ValueError(f"compile.target=tpu:{target.name} has {target.num_chips} chips "
                      f"({target.chip.cores_per_chip} TensorCore(s) each, one JAX device per chip): "
@@ -82,7 +82,8 @@ def _abstract_batch(exp, rows: int | None = None, split: str = "train") -> dict:
 def sharded_bytes(abstract_tree, shardings) -> tuple[int, int]:
   """(bytes on the most loaded device, unsharded bytes) of a tree of abstract arrays."""
   leaves = jax.tree.leaves(abstract_tree)
-  sharding_leaves = jax.tree.leaves(shardings, is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))
+  sharding_leaves = jax.tree.leaves(
+      shardings, is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))
   if len(leaves) != len(sharding_leaves):
     raise ValueError(f"{len(leaves)} arrays but {len(sharding_leaves)} shardings")
   per_device, total = 0, 0

@@ -44,10 +44,11 @@ def test_a_mesh_that_does_not_divide_the_slice_is_named_before_libtpu_loads(tmp_
   config = H.load_config("tiny")
   config.compile.target = "tpu:v5p-8"
   config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 1, 8, 1
-  with pytest.raises(ValueError, match=r"compile.target=tpu:v5p-8 has 4 chips .* 8 .* 4 devices"):
+  with pytest.raises(ValueError,
+                     match=r"compile.target=tpu:v5p-8 has 4 chips .* 8 .* 4 tpu devices"):
     compile_report.experiment(config, str(tmp_path))
   config.mesh.data, config.mesh.fsdp = -1, 3
-  with pytest.raises(ValueError, match=r"tpu:v5p-8 has 4 chips.*does not divide the 4 devices"):
+  with pytest.raises(ValueError, match=r"tpu:v5p-8 has 4 chips.*does not divide the 4 tpu devices"):
     compile_report.experiment(config, str(tmp_path))
 
 
