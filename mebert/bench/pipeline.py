@@ -4,7 +4,7 @@
       [--batches 50] [--compile-report REPORT.json ...]
 
 For each corpus, row length and number of grain worker processes, the trainer's own stream
-(mebert.data.pipeline.make_pretraining_iterator: sampling, NSP pairs, whole-word masking, batching)
+(mebert.data.pipeline.make_pretraining_iterator: sampling, NSP pairs, masking, batching)
 is read for --batches batches after --warmup batches, and examples/s is reported, per core: one
 core in-process (workers=0), else one per worker (the main process only collects their batches).
   builtin  the built-in corpus, tokenized up front when the stream is built (not timed);
@@ -46,7 +46,7 @@ def data_config(corpus: str, seq_len: int, workers: int, *, tfds_data_dir: str =
   c.vocab = vocab
   c.seq_len = seq_len
   c.max_predictions_per_seq = PREDICTIONS.get(seq_len, round(0.15 * seq_len))
-  c.whole_word_masking = True  # as the BERT recipes
+  c.whole_word_masking = False  # as the BERT recipes (the 2018 recipe masks WordPiece tokens)
   c.num_workers = workers
   return c
 
