@@ -40,6 +40,8 @@ MODULE_LAYERS = {
     "mebert.compress": "compress",
     "mebert.embed": "embed",
     "mebert.bench": "tools",
+    # Analytic FLOPs of a model config (numpy only): the compile report's "useful" work, too.
+    "mebert.bench.flops": "base",
     "mebert.experiments": "tools",
     "mebert.interop.bench_embed": "tools",
     "mebert.compress.bench_int8": "tools",

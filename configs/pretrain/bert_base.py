@@ -38,7 +38,13 @@ def recipe(size: str, arg: str | None):
   if phase not in ("phase1", "phase2"):
     raise ValueError(f"config argument {phase!r}: expected phase1 or phase2")
   c = pretrain_defaults()
-  c.model = model_defaults(**bert_size(size), vocab_size=30522)
+  # "auto": bfloat16 compute on TPU and GPU (float32 on CPU), decided from the mesh's devices
+  # when the trainer is built; parameters and optimizer moments stay float32 (master weights).
+  # Attention: "auto" picks splash (TPU) or cuDNN (GPU) only without attention dropout, and the
+  # recipe keeps BERT's 0.1, so it is XLA's attention here: at 128 tokens attention is ~3% of the
+  # FLOPs, and dropping its dropout would change the recipe being reproduced. To trade it for the
+  # fused kernel: --config.model.attention_dropout_rate=0 (docs/tpu.md).
+  c.model = model_defaults(**bert_size(size), vocab_size=30522, dtype="auto")
   c.data.vocab_size = 30522
   c.data.whole_word_masking = False  # the 2018 recipe masks WordPiece tokens
   c.train.batch_size = 256

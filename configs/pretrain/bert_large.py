@@ -22,7 +22,10 @@ peak. LAMB here leaves LayerNorm and biases out of both the weight decay and the
 NVIDIA's does. NVIDIA reaches the batch with gradient accumulation (128 and 512 micro-batches on 8
 GPUs); a TPU v3 pod's 1024 chips hold 64 sequences each. On fewer devices set
 train.grad_accum_steps so that a micro-batch fits: each device then runs
-batch / (devices x grad_accum_steps) of its own rows per micro-step.
+batch / (devices x grad_accum_steps) of its own rows per micro-step. Compiled for a v5p-128
+(64 chips, `--mode=compile --config.compile.target=tpu:v5p-128`), grad_accum_steps=8 (128 rows per
+chip per micro-step) peaks at 32 GiB of a chip's 95 (docs/tpu.md). Compute dtype and attention:
+as configs/pretrain/bert_base.py (bf16 on TPU/GPU; XLA attention, for BERT's attention dropout).
 """
 
 import importlib.util

@@ -5,8 +5,10 @@ whatever the compute dtype. Backends:
   - "xla": explicit einsums; supports attention dropout, any bias; the reference everywhere.
   - "dot_product": `jax.nn.dot_product_attention` (XLA's fused path).
   - "cudnn": the same with implementation="cudnn" (GPU, bf16/fp16, no attention dropout).
-  - "splash": Pallas splash attention on TPU (segment ids, no bias or dropout).
-  - "auto": cudnn on GPU and splash on TPU where their limits allow, else xla.
+  - "splash": Pallas splash attention on TPU (segment ids, no bias or dropout; mebert.model.splash),
+    under a mesh sharded over batch and heads with jax.shard_map.
+  - "auto": cudnn on GPU and splash on TPU where their limits allow, else xla; the platform is the
+    one of the mesh the program is traced for (jax.set_mesh), else this process's default.
 
 Sliding-window (local) layers (model.local_attention_window, mebert.model.local_attention): "xla"
 and "cudnn" run the blocked computation (linear in length; cuDNN has no bidirectional window),
@@ -17,8 +19,6 @@ local or the global computation (both compiled once; one runs).
 
 from __future__ import annotations
 
-import functools
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -26,8 +26,10 @@ from jax.ad_checkpoint import checkpoint_name
 
 from mebert.model.config import ModelConfig
 from mebert.model import local_attention as local_lib
+from mebert.model import splash
 from mebert.model.dense import Dense
 from mebert.model.dropout import Dropout, dropout
+from mebert.model.splash import splash_attention, traced_platform
 
 # The collection SelfAttention sows its [B, N, L, L] float32 probabilities into ("probs"), only when
 # a caller makes it mutable (e.g. distillation's attention-map loss): apply(..., mutable=[it]).
@@ -57,7 +59,7 @@ def _resolve_backend(cfg: ModelConfig, has_bias: bool, dropout_active: bool) -> 
   backend = cfg.attention_backend
   if backend != "auto":
     return backend
-  platform = jax.devices()[0].platform
+  platform = traced_platform()  # the mesh's: a program compiled here for a TPU slice is TPU's
   if platform == "gpu" and cfg.dtype in ("bfloat16", "float16") and not has_bias and not dropout_active:
     return "cudnn"
   if platform == "tpu" and not has_bias and not dropout_active:
@@ -83,26 +85,6 @@ def xla_attention(q, k, v, mask, bias, dropout_fn, dtype, keep_probs=None):
     keep_probs(probs)
   probs = dropout_fn(probs.astype(dtype))
   return jnp.swapaxes(jnp.einsum("bnqk,bnkd->bnqd", probs, v), 1, 2)  # [B, L, N, D]
-
-
-def splash_attention(q, k, v, segment_ids):
-  """Pallas splash attention (TPU); interpret mode elsewhere so the path stays testable on CPU."""
-  from jax.experimental.pallas.ops.tpu import splash_attention as sa
-
-  _, length, heads, _ = q.shape
-  block = min(512, length)
-  mask = sa.MultiHeadMask([sa.FullMask((length, length)) for _ in range(heads)])
-  sizes = sa.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block, block_q_dkv=block,
-                        block_kv_dkv=block, block_kv_dkv_compute=block, block_q_dq=block,
-                        block_kv_dq=block)
-  interpret = jax.devices()[0].platform != "tpu"
-  kernel = sa.make_splash_mha_single_device(mask, block_sizes=sizes, interpret=interpret)
-  # Padding is segment 0, so it never attends across to real tokens; kernel wants [N, L, D].
-  seg = sa.SegmentIds(q=segment_ids, kv=segment_ids)
-  to_nld = functools.partial(jnp.swapaxes, axis1=0, axis2=1)
-  out = jax.vmap(lambda qq, kk, vv, s: kernel(to_nld(qq), to_nld(kk), to_nld(vv), segment_ids=s))(
-      q, k, v, seg)
-  return jnp.swapaxes(out, 1, 2)
 
 
 class SelfAttention(nn.Module):
@@ -156,6 +138,9 @@ class SelfAttention(nn.Module):
                        "attention dropout; use 'xla' or set attention_dropout_rate=0")
     if backend == "splash" and query_positions is not None:
       backend = "xla"  # splash wants as many queries as keys
+    if (backend == "splash" and cfg.attention_backend == "auto"
+        and not splash.fits_blocks(k.shape[1])):
+      backend = "xla"  # "auto" does not pick a kernel the length cannot tile
     mask = segment_mask(segment_ids, query_segment_ids)
     if local is False:
       out = self._global(backend, q, k, v, mask, bias, segment_ids, dropout_active, keep_probs)

@@ -46,7 +46,8 @@ class ModelConfig:
   # Block variant: BERT is post-LN with biases.
   pre_layer_norm: bool = False
   use_bias: bool = True
-  # Numerics and memory: compute dtype apart from parameter storage dtype.
+  # Numerics and memory: compute dtype apart from parameter storage dtype. dtype "auto": bfloat16
+  # on TPU and GPU, float32 on CPU (for_platform; the trainer resolves it from its mesh's devices).
   dtype: str = "float32"
   param_dtype: str = "float32"
   scan_layers: bool = False  # one compiled layer body for all layers: faster compiles for deep models
@@ -82,8 +83,8 @@ class ModelConfig:
       fail("hidden_size", f"is not divisible by num_heads={self.num_heads}")
     if self.hidden_act not in ACTIVATIONS:
       fail("hidden_act", f"is not one of {ACTIVATIONS}")
-    if self.dtype not in _DTYPES:
-      fail("dtype", f"is not one of {tuple(_DTYPES)}")
+    if self.dtype not in _DTYPES and self.dtype != "auto":
+      fail("dtype", f"is not one of {tuple(_DTYPES) + ('auto',)}")
     if self.param_dtype not in _DTYPES:
       fail("param_dtype", f"is not one of {tuple(_DTYPES)}")
     if self.remat_policy not in REMAT_POLICIES:
@@ -140,7 +141,15 @@ class ModelConfig:
 
   @property
   def compute_dtype(self) -> Any:
+    if self.dtype == "auto":  # outside the trainer: this process's default devices decide
+      import jax
+
+      return _DTYPES[auto_dtype(jax.devices()[0].platform)]
     return _DTYPES[self.dtype]
+
+  def for_platform(self, platform: str) -> "ModelConfig":
+    """dtype "auto" made concrete for the devices the model will run on ("tpu", "gpu", "cpu")."""
+    return self.replace(dtype=auto_dtype(platform)) if self.dtype == "auto" else self
 
   @property
   def storage_dtype(self) -> Any:
@@ -160,6 +169,12 @@ class ModelConfig:
     if unknown:
       raise ValueError(f"model config: unknown key(s) {unknown}; known keys: {sorted(known)}")
     return cls(**values)
+
+
+def auto_dtype(platform: str) -> str:
+  """bfloat16 where the matrix units run it at full rate (TPU MXUs, GPU tensor cores); float32 on
+  CPU, where bfloat16 matmuls are emulated and slower."""
+  return "bfloat16" if platform in ("tpu", "gpu") else "float32"
 
 
 def bert_size(name: str) -> dict:

@@ -56,8 +56,10 @@ def rules_from_config(mesh_config) -> tuple:
   return tuple(tuple(r) for r in rules) if rules else DEFAULT_RULES
 
 
-def mesh_shape(mesh_config, num_devices: int) -> tuple[int, int, int]:
-  """Resolves -1 and checks that the axes multiply to the device count, naming the culprit."""
+def mesh_shape(mesh_config, num_devices: int, platform: str | None = None) -> tuple[int, int, int]:
+  """Resolves -1 and checks that the axes multiply to the device count, naming the culprit.
+  `platform`: the devices' (default: this process's), for the message."""
+  platform = platform or jax.default_backend()
   sizes = {axis: int(mesh_config[axis]) for axis in MESH_AXES}
   free = [a for a, s in sizes.items() if s == -1]
   if len(free) > 1:
@@ -68,18 +70,17 @@ def mesh_shape(mesh_config, num_devices: int) -> tuple[int, int, int]:
   known = math.prod(s for s in sizes.values() if s != -1)
   if free:
     if num_devices % known:
-      raise ValueError(f"mesh: {sizes} does not divide the {num_devices} "
-                       f"{jax.default_backend()} devices")
+      raise ValueError(f"mesh: {sizes} does not divide the {num_devices} {platform} devices")
     sizes[free[0]] = num_devices // known
   if math.prod(sizes.values()) != num_devices:
     raise ValueError(f"mesh: data*fsdp*tensor = {math.prod(sizes.values())} ({sizes}) "
-                     f"but there are {num_devices} {jax.default_backend()} devices")
+                     f"but there are {num_devices} {platform} devices")
   return tuple(sizes[a] for a in MESH_AXES)
 
 
 def make_mesh(mesh_config, devices=None) -> Mesh:
   devices = jax.devices() if devices is None else devices
-  shape = mesh_shape(mesh_config, len(devices))
+  shape = mesh_shape(mesh_config, len(devices), devices[0].platform if len(devices) else None)
   # Auto axes: Linen's logical constraints need them (an Explicit mesh turns them into asserts).
   return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES),
                        devices=devices)

@@ -83,6 +83,11 @@ def pretrain_defaults() -> config_dict.ConfigDict:
   c.mesh.tensor = 1
   c.mesh.rules = ()  # empty = mebert.parallel.mesh.DEFAULT_RULES
 
+  # --mode=compile only: a TPU slice to compile for ("tpu:v5p-8"; mebert.train.compile_report);
+  # empty = this machine's devices.
+  c.compile = config_dict.ConfigDict()
+  c.compile.target = ""
+
   c.init = config_dict.ConfigDict()
   c.init.hf = ""  # a Hugging Face BERT folder to start from (its architecture and tokenizer)
   c.init.hf_parity = False  # check the import against transformers first (needs torch)

@@ -35,26 +35,36 @@ log = logging.getLogger(__name__)
 class Experiment:
   """Everything a mode (train, eval, compile) needs: tokenizer, model, mesh, shardings."""
 
-  def __init__(self, config, workdir: str, tokenizer=None):
+  def __init__(self, config, workdir: str, tokenizer=None, devices=None):
+    """`devices`: what the mesh is built over (default: all of this run's devices); compile-only
+    devices of a TPU slice that is not attached work too (mebert.train.compile_report), since
+    nothing here computes on them: shapes are abstract and example inputs are host numpy."""
     self.config = config
     self.workdir = workdir
+    self.mesh = mesh_lib.make_mesh(config.mesh, devices)
+    self.platform = self.mesh.devices.flat[0].platform  # decides model.dtype="auto"
     # init.hf: the folder decides the architecture and the tokenizer; config.model only runtime keys.
     self.hf_source = init_from.HfSource(config) if config.init.hf else None
     if self.hf_source is not None:
-      self.tokenizer, self.model_config = self.hf_source.tokenizer, self.hf_source.model_config
+      self.tokenizer, model_config = self.hf_source.tokenizer, self.hf_source.model_config
     else:
       self.tokenizer = tokenizer if tokenizer is not None else ensure_tokenizer(config.data, workdir)
-      self.model_config = ModelConfig.from_dict(config.model, vocab_size=self.tokenizer.vocab_size)
+      model_config = ModelConfig.from_dict(config.model, vocab_size=self.tokenizer.vocab_size)
+    self.model_config = model_config.for_platform(self.platform)
     if self.model_config.vocab_size < self.tokenizer.vocab_size:
       raise ValueError(f"model.vocab_size={self.model_config.vocab_size} is smaller than the "
                        f"tokenizer's {self.tokenizer.vocab_size} tokens")
     positions.check_length(self.model_config, int(config.data.seq_len))
-    self.mesh = mesh_lib.make_mesh(config.mesh)
     self.rules = mesh_lib.rules_from_config(config.mesh)
+    # The processes the mesh spans: jax.process_count() on a real run, the target slice's hosts
+    # when compiling for one.
+    self.process_count = len({d.process_index for d in self.mesh.devices.flat})
     self.batch_size = _checked_batch_size("train.batch_size", int(config.train.batch_size),
-                                          self.mesh, int(config.train.grad_accum_steps))
+                                          self.mesh, int(config.train.grad_accum_steps),
+                                          self.process_count)
     self.eval_batch_size = _checked_batch_size(
-        "eval.batch_size", int(config.eval.batch_size or config.train.batch_size), self.mesh, 1)
+        "eval.batch_size", int(config.eval.batch_size or config.train.batch_size), self.mesh, 1,
+        self.process_count)
     self.tx = optimizer.make_optimizer(config.train)
     self.schedule = optimizer.learning_rate_schedule(config.train)
     # train.objective: BERT's MLM (+NSP) or ELECTRA's replaced-token detection (train/objectives.py).
@@ -65,7 +75,7 @@ class Experiment:
     with self.sharding_context():
       self._init_fn = functools.partial(self.objective.init_state, model=self.eval_model, tx=self.tx,
                                         example_batch=_example_batch(config.data))
-      boxed = jax.eval_shape(self._init_fn, jax.random.key(0))
+      boxed = jax.eval_shape(self._init_fn, jax.eval_shape(jax.random.key, 0))
       self.state_shardings = mesh_lib.logical_shardings(boxed, self.mesh, self.rules)
       self.abstract_state = jax.tree.map(
           lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), mesh_lib.strip_boxes(boxed),
@@ -132,13 +142,13 @@ class Experiment:
 
 
 
-def _checked_batch_size(key: str, size: int, mesh, accum: int) -> int:
+def _checked_batch_size(key: str, size: int, mesh, accum: int, processes: int) -> int:
   dp = mesh_lib.data_parallel_size(mesh)
   if size <= 0 or size % dp:
     raise ValueError(f"{key}={size} is not divisible by the data-parallel size {dp} "
                      f"(mesh.data*mesh.fsdp)")
-  if size % jax.process_count():
-    raise ValueError(f"{key}={size} is not divisible by the {jax.process_count()} processes")
+  if size % processes:
+    raise ValueError(f"{key}={size} is not divisible by the {processes} processes")
   if (size // dp) % accum:
     raise ValueError(f"{key}={size} split over {dp} devices is not divisible by "
                      f"train.grad_accum_steps={accum}")
@@ -146,10 +156,12 @@ def _checked_batch_size(key: str, size: int, mesh, accum: int) -> int:
 
 
 def _example_batch(data_config) -> dict:
+  """Host numpy, not jnp: a jnp array would be computed on the mesh's devices, which need not be
+  attached (compile-only devices of a TPU slice)."""
   length, preds = int(data_config.seq_len), int(data_config.max_predictions_per_seq)
-  zeros = lambda *shape: jnp.zeros(shape, jnp.int32)
+  zeros = lambda *shape: np.zeros(shape, np.int32)
   return {"input_ids": zeros(1, length), "token_type_ids": zeros(1, length),
-          "segment_ids": jnp.ones((1, length), jnp.int32), "positions": zeros(1, length),
+          "segment_ids": np.ones((1, length), np.int32), "positions": zeros(1, length),
           "masked_lm_positions": zeros(1, preds)}
 
 

@@ -2,8 +2,6 @@
 attention, the blocked computation equals the dense band, packed segments stay apart, and a
 scanned stack follows the same per-layer pattern as an unrolled one."""
 
-import inspect
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -156,15 +154,9 @@ def test_splash_local_mask_equals_xla_on_a_2x2x2_mesh():
   against the XLA blocked band."""
   from ml_collections import config_dict
 
+  from mebert.model import splash
   from mebert.parallel import mesh as mesh_lib
 
-  fn = getattr(attention, "splash_attention", None)
-  if fn is None:
-    from mebert.model import splash  # pylint: disable=import-outside-toplevel
-
-    fn = splash.splash_attention
-  if "window" not in inspect.signature(fn).parameters:
-    pytest.skip("splash_attention has no window argument yet (the tpu branch adds it)")
   length = 128  # splash's blocks are 128 long
   q, k, v = (jax.random.normal(jax.random.key(i), (4, length, 2, 8)) for i in range(3))
   seg = np.ones((4, length), np.int32)
@@ -174,6 +166,7 @@ def test_splash_local_mask_equals_xla_on_a_2x2x2_mesh():
   want = local_attention.blocked_local_attention(q, k, v, seg, 8, lambda p: p, jnp.float32)
   mesh = mesh_lib.make_mesh(config_dict.ConfigDict({"data": 2, "fsdp": 2, "tensor": 2}))
   with jax.set_mesh(mesh), nn.logical_axis_rules(mesh_lib.DEFAULT_RULES):
-    got = jax.jit(lambda q, k, v, s: fn(q, k, v, s, window=(8, 8)))(q, k, v, seg)
+    got = jax.jit(lambda q, k, v, s: splash.splash_attention(q, k, v, s, window=(8, 8)))(
+        q, k, v, seg)
   real = np.asarray(seg) != 0
   np.testing.assert_allclose(np.asarray(got)[real], np.asarray(want)[real], atol=1e-4)
