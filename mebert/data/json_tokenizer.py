@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mebert.data.tokenizer import SPECIAL_TOKENS, Tokenizer
+from mebert.data.tokenizer import SPECIAL_TOKENS, TokenizersBacked
 
 # Per role (pad, unk, cls, sep, mask): BERT's name, then RoBERTa/XLM-R's.
 SPECIAL_CANDIDATES = (("[PAD]", "<pad>"), ("[UNK]", "<unk>"), ("[CLS]", "<s>"), ("[SEP]", "</s>"),
@@ -18,7 +18,7 @@ SPECIAL_CANDIDATES = (("[PAD]", "<pad>"), ("[UNK]", "<unk>"), ("[CLS]", "<s>"), 
 WORD_START_MARKS = ("\u0120", "\u2581")  # "Ġ" (byte-level BPE), "▁" (sentencepiece)
 
 
-class JsonTokenizer(Tokenizer):
+class JsonTokenizer(TokenizersBacked):
   """A tokenizers tokenizer.json of any model type, with BERT's or RoBERTa's special names."""
 
   def __init__(self, tok, path: str):
@@ -42,15 +42,3 @@ class JsonTokenizer(Tokenizer):
     self.word_start[self.special_ids] = True
     # Pretokenizers without a space mark (a plain BPE) leave every token a word start: whole-word
     # masking then masks single tokens, as without it.
-
-  def encode(self, text: str) -> list[int]:
-    return self._tok.encode(text, add_special_tokens=False).ids
-
-  def encode_batch(self, texts: list[str]) -> list[list[int]]:
-    return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
-
-  def decode(self, ids) -> str:
-    return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
-
-  def id_to_token(self, i: int) -> str:
-    return self._tokens[int(i)]

@@ -111,7 +111,24 @@ class SentencePieceTokenizer(Tokenizer):
     return self._sp.id_to_piece(int(i))
 
 
-class WordPieceTokenizer(Tokenizer):
+class TokenizersBacked(Tokenizer):
+  """A tokenizer held as a `tokenizers.Tokenizer` (`self._tok`) with its pieces in `self._tokens`:
+  WordPiece here, any tokenizer.json in mebert.data.json_tokenizer."""
+
+  def encode(self, text: str) -> list[int]:
+    return self._tok.encode(text, add_special_tokens=False).ids
+
+  def encode_batch(self, texts: list[str]) -> list[list[int]]:
+    return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
+
+  def decode(self, ids) -> str:
+    return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
+
+  def id_to_token(self, i: int) -> str:
+    return self._tokens[int(i)]
+
+
+class WordPieceTokenizer(TokenizersBacked):
   """BERT WordPiece through the `tokenizers` library (bert-base-uncased's BertWordPieceTokenizer)."""
 
   def __init__(self, tok, path: str):
@@ -151,18 +168,6 @@ class WordPieceTokenizer(Tokenizer):
     tok.decoder = decoders.WordPiece(prefix="##")
     tok.add_special_tokens([t for t in SPECIAL_TOKENS if t in vocab])
     return cls(tok, path)
-
-  def encode(self, text: str) -> list[int]:
-    return self._tok.encode(text, add_special_tokens=False).ids
-
-  def encode_batch(self, texts: list[str]) -> list[list[int]]:
-    return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
-
-  def decode(self, ids) -> str:
-    return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
-
-  def id_to_token(self, i: int) -> str:
-    return self._tokens[int(i)]
 
 
 def load_tokenizer(path: str, *, lowercase: bool = True) -> Tokenizer:
