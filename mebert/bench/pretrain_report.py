@@ -96,7 +96,7 @@ def plot(curves: dict[str, list[dict]], comparison: dict, path: str, title: str)
   loss.set(xlabel="training time (minutes)", ylabel="held-out masked-token loss")
   ratio = comparison["time_ratio"]
   acc.set_title("time to the peer's final accuracy: "
-                + (f"mebert {ratio:.2f}x the peer's" if ratio is not None else "not reached"),
+                + (f"mebert {ratio:.3f}x the peer's" if ratio is not None else "not reached"),
                 fontsize=9)
   acc.legend(fontsize=8, loc="lower right")
   acc.grid(alpha=0.3)
