@@ -22,6 +22,7 @@ from ml_collections import config_flags
 from mebert.data import packing, pipeline
 from mebert.data.tokenizer import ensure_tokenizer
 
+
 def padding_fractions(data_config, tokenizer, seq_len: int, examples: int, seed: int = 0) -> dict:
   """Padding of the first `examples` training examples, one per row and packed."""
   c = copy.deepcopy(data_config)

@@ -20,6 +20,7 @@ import numpy as np
 
 from mebert import embed, host_memory
 
+
 def parse_args(description: str, argv, *, n: int, rounds: int) -> argparse.Namespace:
   """The flags of the SST-2 sentence-embedding benchmarks (this one and compress.bench_int8)."""
   ap = argparse.ArgumentParser(description=description)
