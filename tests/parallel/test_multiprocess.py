@@ -44,9 +44,11 @@ def _launch(num_processes: int, workdir, num_steps: int, mesh: tuple[int, int, i
              MEBERT_RECORD_EXAMPLE_IDS="1", LOG_DIR=str(workdir / "logs" / f"n{num_processes}"))
   out = subprocess.run(["bash", str(H.REPO / "launch" / "local.sh"), str(num_processes), *flags],
                        cwd=H.REPO, env=env, capture_output=True, text=True, timeout=1200)
-  logs = "\n".join(p.read_text()[-3000:] for p in sorted((workdir / "logs").rglob("*.log")))
-  assert out.returncode == 0, f"{out.stdout[-2000:]}\n{out.stderr[-2000:]}\n{logs}"
-  return logs
+  # Whole logs: a resume is logged near the start, and the progress lines after it are long.
+  logs = [p.read_text() for p in sorted((workdir / "logs").rglob("*.log"))]
+  tails = "\n".join(log[-3000:] for log in logs)
+  assert out.returncode == 0, f"{out.stdout[-2000:]}\n{out.stderr[-2000:]}\n{tails}"
+  return "\n".join(logs)
 
 
 def _train_metrics(workdir) -> dict[int, dict]:
