@@ -153,7 +153,11 @@ def test_the_benchmark_end_to_end_at_toy_scale(tmp_path, shared_data):
   assert r["runs"]["mebert"]["stopped_by"] == "num_steps" == r["runs"]["peer"]["stopped_by"]
   for side in ("mebert", "peer"):
     curve = r["curves"][side]
-    assert len(curve) >= 2 and curve == sorted(curve, key=lambda p: p["train_s"])
+    # A checkpoint every second of training clock: the toy peer's 20 steps can take under one
+    # second (then its final checkpoint is its only point); mebert's first window holds compiling.
+    assert len(curve) >= (2 if side == "mebert" else 1)
+    assert curve == sorted(curve, key=lambda p: p["train_s"])
+    assert curve[-1]["step"] == r["runs"][side]["steps"]  # the final checkpoint is always scored
     assert all(p["predictions"] == r["eval_predictions"] for p in curve)  # one held-out set
   assert r["curves"]["mebert"][-1]["step"] == 30
   assert r["comparison"]["peer_final_accuracy"] == r["curves"]["peer"][-1]["mlm_accuracy"]
