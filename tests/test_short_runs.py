@@ -100,6 +100,16 @@ def _task_file(folder: pathlib.Path, c, n: int = 48) -> str:
     path.write_text("\n\n".join(blocks) + "\n")
     return str(path)
   labels = [str(x) for x in task.labels] or ["0", "1"]
+  if str(task.text_column).isdigit():  # GLUE's CoLA: no header, columns by index
+    width = 1 + max(int(task.text_column), int(task.label_column))
+    rows = []
+    for _ in range(n):
+      row = ["x"] * width
+      row[int(task.text_column)], row[int(task.label_column)] = sentence(), rng.choice(labels)
+      rows.append("\t".join(row))
+    path = folder / "train.tsv"
+    path.write_text("\n".join(rows) + "\n")
+    return str(path)
   columns = [task.text_column] + ([task.text_pair_column] if task.text_pair_column else [])
   rows = ["\t".join(columns + [task.label_column])]
   for _ in range(n):

@@ -22,10 +22,13 @@ from mebert.train import checkpoints
 
 log = logging.getLogger(__name__)
 
-# Where the examples are (files, formats): a new file to evaluate or label.
+# Where the examples are (files, formats): a new file to evaluate or label, or another held-out
+# slice of the training file (data.holdout_offset: a selection split scored apart from the report
+# split, as mebert.bench.finetune_compare --selection=split does).
 DATA_FILE_KEYS = ("data.train_files", "data.eval_files", "data.extra_eval", "data.test_files",
                   "data.id_column", "data.tfds_data_dir", "data.format", "data.header",
-                  "data.conll_word_column", "data.conll_tag_column", "data.max_eval_examples")
+                  "data.conll_word_column", "data.conll_tag_column", "data.max_eval_examples",
+                  "data.holdout_offset")
 # How the run uses the machine (never what it computes): batch sizes, mesh, numerics, padding.
 RUNTIME_PREFIXES = ("eval.", "mesh.", "data.buckets", "data.device_prefetch", "model.dtype",
                     "model.attention_backend", "model.remat_policy")

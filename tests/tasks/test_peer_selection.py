@@ -38,6 +38,7 @@ def selection_config(tiny_config, vocab_file, sentences, tmp_path_factory):
       "init.hf": str(folder), "train.num_steps": 9, "eval.every_steps": 3,
       "early_stopping.patience": 0, "train.learning_rate": 3e-3})
   c.data.vocab = ""
+  c.init.random = False  # it starts from the HF folder above (init.* are exclusive)
   return c
 
 
