@@ -21,14 +21,15 @@ _TOKENIZER_SIDE_FILES = ("tokenizer_config.json", "special_tokens_map.json")
 
 def copy_tokenizer(folder: str, report: ImportReport, workdir: str) -> tuple[str | None, bool | None]:
   """Copies the folder's tokenizer to WORKDIR/vocab/ (always with a tokenizer.json, which carries
-  the lowercasing a bare vocab.txt does not); returns (path for data.vocab, lowercase)."""
-  from mebert.interop.wordpiece import WordPiece
+  the lowercasing a bare vocab.txt does not); returns (path for data.vocab, lowercase). Any
+  tokenizer the import accepted: BERT's WordPiece, RoBERTa's byte-level BPE, XLM-R's Unigram."""
+  from mebert.interop.hf_tokenizer import load_folder_tokenizer
 
   if not report.tokenizer:
     return None, None
   vocab_dir = os.path.join(workdir, "vocab")
   os.makedirs(vocab_dir, exist_ok=True)
-  tokenizer = WordPiece.from_file(report.tokenizer)
+  tokenizer = load_folder_tokenizer(report.tokenizer)
   for name in ("tokenizer.json", "vocab.txt") + _TOKENIZER_SIDE_FILES:
     if os.path.isfile(os.path.join(folder, name)):
       shutil.copy(os.path.join(folder, name), os.path.join(vocab_dir, name))

@@ -78,6 +78,23 @@ def test_xlm_roberta_with_a_unigram_tokenizer(tmp_path):
   assert report.architecture == "XLMRobertaForMaskedLM"
 
 
+def test_xlm_roberta_through_a_workdir_keeps_its_unigram_tokenizer(tmp_path):
+  """import-hf into a workdir, then export-hf from it (the CLI's path): the Unigram tokenizer.json
+  travels with the weights and tokenizes as the original folder's does."""
+  from mebert.interop.workdir import export_workdir, import_to_workdir
+
+  folder = make_model(tmp_path / "hf", "XLMRobertaForMaskedLM", "xlmr", **ROBERTA)
+  import_to_workdir(str(folder), str(tmp_path / "w"))
+  saved = json.loads((tmp_path / "w" / "vocab" / "tokenizer.json").read_text())
+  assert saved["model"]["type"] == "Unigram"
+  exported = export_workdir(str(tmp_path / "w"), str(tmp_path / "out"))
+  assert max(exported.parity.values()) <= 1e-4
+  text = "The quick brown fox jumps over the lazy dog near the river bank."
+  original = transformers.AutoTokenizer.from_pretrained(str(folder))
+  again = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "out"))
+  assert again(text)["input_ids"] == original(text)["input_ids"]
+
+
 def test_roberta_pairs_tokenize_as_transformers_does(tmp_path):
   from mebert.interop.hf_tokenizer import load_folder_tokenizer
 
