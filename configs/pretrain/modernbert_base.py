@@ -14,9 +14,9 @@ The architecture: 22 pre-LN layers x 768 (12 heads), GeGLU 1152, no biases (nor 
 rotary positions, no token types, a normalised embedding and none before layer 0's attention,
 global attention every third layer and a 128-token sliding window (|i - j| <= 64) elsewhere; it
 exports as ModernBertForMaskedLM. The objective: 30% masking, no next-sentence task.
-Differences: the paper trains with StableAdamW and a warmup-stable-decay schedule and its
-batch-size warmup; here AdamW (b2 0.98, eps 1e-6, weight decay 1e-5) with warmup then a constant
-rate (phase 1), and the decay in the context phase. Unpadding: mebert's packed rows
+The optimizer is the paper's: StableAdamW (b2 0.98, eps 1e-6, weight decay 1e-5), with warmup
+then a constant rate (phase 1) and the decay in the context phase, its warmup-stable-decay
+schedule. Differences: no batch-size warmup. Unpadding: mebert's packed rows
 (segment ids, positions restarting per example) play the role of ModernBERT's unpadded sequences.
 """
 
@@ -48,6 +48,7 @@ def get_config(arg=None):
   c.data.next_sentence = "none"
   c.data.short_seq_prob = 0.0
   c.data.masked_lm_prob = 0.3
+  c.train.optimizer = "stable_adamw"
   c.train.b2, c.train.eps, c.train.weight_decay = 0.98, 1e-6, 1e-5
   c.train.schedule = "linear" if context else "constant"
   if tiny:

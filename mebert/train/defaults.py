@@ -33,7 +33,7 @@ def pretrain_defaults() -> config_dict.ConfigDict:
   c.train.num_steps = 1_000_000
   c.train.grad_accum_steps = 1  # micro-batches per update: same update, less activation memory
   c.train.objective = "mlm"  # "mlm" (BERT's MLM, + NSP/SOP per data.next_sentence) or "electra"
-  c.train.optimizer = "adamw"  # or "lamb" for very large batches
+  c.train.optimizer = "adamw"  # "lamb" for very large batches, "stable_adamw" (ModernBERT's)
   c.train.learning_rate = 1e-4
   c.train.warmup_steps = 10_000  # cut to the schedule when longer (with a warning)
   c.train.warmup_ratio = 0.0  # used when warmup_steps < 0: this fraction of the schedule

@@ -3,7 +3,9 @@
 BERT's recipe: AdamW (beta2 0.999, eps 1e-6, weight decay 0.01 except LayerNorm and biases),
 global-norm clipping at 1.0, linear warmup then linear decay. LAMB (You et al. 2019) for the large
 batches of pod-scale pretraining, with LayerNorm and biases outside both its weight decay and its
-trust ratio. Schedules: linear, cosine or polynomial decay after the warmup, over
+trust ratio. StableAdamW (Wortsman et al. 2023; ModernBERT's optimizer): AdamW whose step for each
+parameter tensor is divided by max(1, RMS(g^2 / v)), so a tensor whose gradient jumps past its
+second-moment estimate takes a smaller step instead of a spike. Schedules: linear, cosine or polynomial decay after the warmup, over
 `train.schedule_steps` (a run that is one phase of a longer one) or `train.num_steps`.
 
 The optimizer state is a tuple, stable across versions so checkpoints restore:
@@ -11,6 +13,7 @@ The optimizer state is a tuple, stable across versions so checkpoints restore:
    (ScaleByAdamState(count, mu, nu), MaskedState(EmptyState),  # Adam; weight decay (masked)
     <AdamW: ScaleByScheduleState(count) | LAMB: MaskedState(EmptyState) (trust ratio),
      ScaleByScheduleState(count)>))
+  StableAdamW: (clipping, (ScaleByAdamState(count, mu, nu), ScaleByScheduleState(count))).
 Only ScaleByAdamState and ScaleByScheduleState hold arrays; `schedule_count` reads the latter.
 """
 
@@ -25,7 +28,7 @@ import optax
 log = logging.getLogger(__name__)
 
 SCHEDULES = ("linear", "cosine", "polynomial", "constant")
-OPTIMIZERS = ("adamw", "lamb")
+OPTIMIZERS = ("adamw", "lamb", "stable_adamw")
 
 
 def schedule_length(train_config) -> int:
@@ -138,6 +141,53 @@ def lamb(learning_rate, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-6,
       optax.scale_by_learning_rate(learning_rate))
 
 
+def scale_by_stable_adam(b1: float = 0.9, b2: float = 0.98, eps: float = 1e-6,
+                         weight_decay: float = 0.0, mask=decay_mask) -> optax.GradientTransformation:
+  """StableAdamW's direction before the learning rate: per tensor, (Adam's bias-corrected
+  direction + weight_decay x param where `mask` says) / max(1, RMS(g^2 / max(v, eps^2))), with v
+  the bias-corrected second moment after this step's gradient. The division applies to the decay
+  too, as in Wortsman et al. 2023 (Algorithm 2: the clipped rate multiplies both) and optimi's
+  StableAdamW that ModernBERT trained with. The state is optax's ScaleByAdamState.
+
+  Written here because optax has no StableAdamW, and the clip needs the raw gradient beside the
+  second moment, which optax.scale_by_adam does not pass on."""
+  def init(params):
+    return optax.scale_by_adam(b1=b1, b2=b2, eps=eps).init(params)
+
+  def update(updates, state, params=None):
+    if weight_decay and params is None:
+      raise ValueError("stable_adamw with weight decay needs the params in update()")
+    mu = optax.tree_utils.tree_update_moment(updates, state.mu, b1, 1)
+    nu = optax.tree_utils.tree_update_moment_per_elem_norm(updates, state.nu, b2, 2)
+    count = optax.safe_increment(state.count)
+    mu_hat = optax.tree_utils.tree_bias_correction(mu, b1, count)
+    nu_hat = optax.tree_utils.tree_bias_correction(nu, b2, count)
+    decays = mask(params) if callable(mask) and params is not None else mask
+    if decays is None or not weight_decay:
+      decays = jax.tree.map(lambda _: False, updates)
+      params = updates if params is None else params
+
+    def leaf(g, m, v, p, decay):
+      ratio = jnp.square(g.astype(jnp.float32)) / jnp.maximum(v, eps * eps)
+      scale = 1.0 / jnp.maximum(1.0, jnp.sqrt(jnp.mean(ratio)))
+      step = m / (jnp.sqrt(v) + eps)
+      if decay:
+        step = step + weight_decay * p
+      return (scale * step).astype(g.dtype)
+
+    out = jax.tree.map(leaf, updates, mu_hat, nu_hat, params, decays)
+    return out, optax.ScaleByAdamState(count=count, mu=mu, nu=nu)
+
+  return optax.GradientTransformation(init, update)
+
+
+def stable_adamw(learning_rate, b1: float = 0.9, b2: float = 0.98, eps: float = 1e-6,
+                 weight_decay: float = 0.0, mask=decay_mask) -> optax.GradientTransformation:
+  """StableAdamW: `scale_by_stable_adam` then the (scheduled) learning rate."""
+  return optax.chain(scale_by_stable_adam(b1, b2, eps, weight_decay, mask),
+                     optax.scale_by_learning_rate(learning_rate))
+
+
 def schedule_count(opt_state, default=None):
   """The step at which the optimizer evaluates its learning-rate schedule in its next update:
   optax's ScaleByScheduleState.count. A skipped (non-finite) step leaves the optimizer state, and
@@ -156,6 +206,8 @@ def make_optimizer(train_config) -> optax.GradientTransformation:
     opt = optax.adamw(schedule, **common)
   elif kind == "lamb":
     opt = lamb(schedule, **common)
+  elif kind == "stable_adamw":
+    opt = stable_adamw(schedule, **common)
   else:
     raise ValueError(f"train.optimizer={kind!r} is not one of {OPTIMIZERS}")
   clip = float(train_config.get("clip_grad_norm", 1.0))
