@@ -4,7 +4,8 @@
       --teacher=runs/sst2 --student=runs/sst2_l3 [--rounds=3] [--config.eval.batch_size=64]
 
 Both models predict the same held-out examples (data.eval_files, else the data.holdout_fraction
-part of data.train_files: what training evaluated on) with the eval batching of --mode=eval. Each
+part of data.train_files: what training evaluated on; a config that names no files, as the
+distillation configs, takes them from the student's workdir, as its training did) with the eval batching of --mode=eval. Each
 first predicts once (compiling its buckets; reported apart), then the two alternate for --rounds
 timed passes each and the best pass counts, so drifting background load favours neither. FLOPs
 per example: analytic (matrix products of the real tokens only: 2 per multiply-add, attention over
@@ -93,8 +94,11 @@ def xla_flops(member, enc, batch_size: int, buckets) -> float:
 def measure(config, teacher_path: str, student_path: str, rounds: int = 3) -> dict:
   import jax
 
-  from mebert.tasks import batching, inference, model as task_model
+  from mebert.tasks import batching, inference, model as task_model, run_config
 
+  if not config.data.train_files and not config.data.get("eval_files"):
+    # As training did: the distillation config names no files, the student's workdir has them.
+    config = run_config.with_data_of(config, student_path.rpartition("@")[0] or student_path)
   examples = inference.dataset_splits(config, need_train=False)[1]
   members = {"teacher": load_model(config, teacher_path), "student": load_model(config, student_path)}
   batch_size = int(config.eval.batch_size)

@@ -310,6 +310,20 @@ def test_bench_reports_the_student_cheaper(copied_run, teacher):
   assert 0 < t["accuracy"] <= 1 and json.dumps(out)
 
 
+def test_bench_takes_the_data_from_the_student_when_the_config_names_none(copied_run, teacher):
+  """As configs/distill/*.py: no data files in the config; training read the teacher's, and the
+  bench reads the same examples from the student's saved config."""
+  from mebert.compress import bench_distill
+
+  d, workdir, _ = copied_run
+  bare = d.copy_and_resolve_references()
+  bare.data.train_files, bare.data.eval_files = "", ""
+  out = bench_distill.measure(bare, str(teacher[1]), str(workdir), rounds=1)
+  full = bench_distill.measure(d, str(teacher[1]), str(workdir), rounds=1)
+  assert out["examples"] == full["examples"] > 40
+  assert out["student"]["accuracy"] == full["student"]["accuracy"]
+
+
 # --- bad input ------------------------------------------------------------------------------------
 
 
