@@ -5,12 +5,13 @@
 
 Both models predict the same held-out examples (data.eval_files, else the data.holdout_fraction
 part of data.train_files: what training evaluated on; a config that names no files, as the
-distillation configs, takes them from the student's workdir, as its training did) with the eval batching of --mode=eval. Each
-first predicts once (compiling its buckets; reported apart), then the two alternate for --rounds
-timed passes each and the best pass counts, so drifting background load favours neither. FLOPs
-per example: analytic (matrix products of the real tokens only: 2 per multiply-add, attention over
-each example's own length, pooler and classifier; mebert.bench.flops' conventions) and XLA's
-count of the compiled eval programs (padded batches as executed). The last stdout line is JSON.
+distillation configs, takes them from the student's workdir, as its training did) with the eval
+batching of --mode=eval. Each first predicts once (compiling its buckets; reported apart), then
+the two alternate for --rounds timed passes each and the best pass counts, so drifting background
+load favours neither. FLOPs per example: analytic (matrix products of the real tokens only: 2 per
+multiply-add, attention over each example's own length, pooler and classifier; mebert.bench.flops'
+conventions) and XLA's count of the compiled eval programs (padded batches as executed). The last
+stdout line is JSON.
 --teacher takes a fine-tuning workdir (WORKDIR@STEP too) or a Hugging Face folder.
 """
 

@@ -5,8 +5,9 @@ global-norm clipping at 1.0, linear warmup then linear decay. LAMB (You et al. 2
 batches of pod-scale pretraining, with LayerNorm and biases outside both its weight decay and its
 trust ratio. StableAdamW (Wortsman et al. 2023; ModernBERT's optimizer): AdamW whose step for each
 parameter tensor is divided by max(1, RMS(g^2 / v)), so a tensor whose gradient jumps past its
-second-moment estimate takes a smaller step instead of a spike. Schedules: linear, cosine or polynomial decay after the warmup, over
-`train.schedule_steps` (a run that is one phase of a longer one) or `train.num_steps`.
+second-moment estimate takes a smaller step instead of a spike. Schedules: linear, cosine or
+polynomial decay after the warmup, over `train.schedule_steps` (a run that is one phase of a longer
+one) or `train.num_steps`.
 
 The optimizer state is a tuple, stable across versions so checkpoints restore:
   (clipping: EmptyState,                                  # absent when clip_grad_norm = 0
