@@ -4,7 +4,6 @@ import importlib.util
 import pathlib
 import shutil
 
-import numpy as np
 import pytest
 
 
@@ -61,13 +60,6 @@ def make_hf_model(tmp_path_factory, minilm_dir):
 
 @pytest.fixture(scope="session")
 def assert_trees_equal():
-  return _assert_trees_equal
+  from family_models import assert_trees_equal as equal  # pylint: disable=import-outside-toplevel
 
-
-def _assert_trees_equal(a: dict, b: dict) -> None:
-  from mebert.interop import hf_names
-
-  fa, fb = hf_names.flatten(a), hf_names.flatten(b)
-  assert sorted(fa) == sorted(fb)
-  for k in fa:
-    np.testing.assert_array_equal(np.asarray(fa[k]), np.asarray(fb[k]), err_msg="/".join(k))
+  return equal
